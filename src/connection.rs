@@ -1,0 +1,713 @@
+//! One peer's echo state, over any `Read + Write` stream.
+//!
+//! A [`Connection`] knows nothing about `mio`, registries or tokens: the loop
+//! in `server.rs` owns those. That keeps the echo logic testable with a
+//! scripted in-memory stream (see the tests at the bottom of this file) and
+//! makes the rules of non-blocking I/O visible in one place:
+//!
+//! * a read that returns `WouldBlock` means "nothing more for now";
+//! * a write may take only part of what we offer, and the rest must be kept;
+//! * a read of 0 bytes means the peer will send nothing more (half-close);
+//! * we stop reading while too much is waiting to be written (backpressure).
+
+use std::io::{self, ErrorKind, Read, Write};
+
+use mio::Interest;
+
+/// A stream whose write half can be shut down on its own.
+///
+/// After the peer half-closes, the echo server delivers every pending byte and
+/// then shuts down its own write side, so the peer sees an orderly FIN.
+pub trait HalfClose {
+    /// Shuts down the write half (`shutdown(SHUT_WR)` for a socket).
+    ///
+    /// # Errors
+    /// Whatever the underlying stream reports, e.g. `NotConnected`.
+    fn shutdown_write(&mut self) -> io::Result<()>;
+}
+
+impl HalfClose for mio::net::TcpStream {
+    fn shutdown_write(&mut self) -> io::Result<()> {
+        self.shutdown(std::net::Shutdown::Write)
+    }
+}
+
+/// On Linux a read of a stream socket that returns fewer bytes than asked for
+/// has emptied the receive queue, and any byte that arrives later raises a new
+/// edge. Treating a short read as "drained" saves one `read` returning `EAGAIN`
+/// per message: 2 syscalls per echoed message instead of 3 (see the
+/// `syscalls` figure in the README). Elsewhere we read until `WouldBlock`.
+const SHORT_READ_DRAINS: bool = cfg!(target_os = "linux");
+
+/// Spare pending buffers kept for reuse, so that a steady stream of partial
+/// writes does not allocate. Beyond this, drained buffers are freed.
+const SPARE_BUFFERS: usize = 64;
+
+/// Bytes read but not yet echoed, for one connection.
+///
+/// Exists only while something is pending; an idle connection owns none.
+#[derive(Debug, Default)]
+pub struct Pending {
+    // Bytes in start..buf.len() are read but not yet written back.
+    // start <= buf.len()
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl Pending {
+    fn len(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
+    fn unsent(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        // Move the unsent tail to the front before growing, so the buffer's
+        // capacity stays near the high-water mark instead of creeping upward.
+        if self.start > 0 && self.buf.len() + bytes.len() > self.buf.capacity() {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        }
+    }
+}
+
+/// Buffers owned by the loop and lent to a connection while it is driven.
+///
+/// One read buffer serves every connection, so memory per idle connection does
+/// not include a read buffer; spare pending buffers are pooled for reuse.
+#[derive(Debug)]
+pub struct Scratch {
+    read: Vec<u8>,
+    spare: Vec<Box<Pending>>,
+}
+
+impl Scratch {
+    /// Creates a scratch area whose read buffer holds `read_size` bytes.
+    ///
+    /// # Panics
+    /// Panics if `read_size` is 0.
+    ///
+    /// ```
+    /// let scratch = echoloop::Scratch::new(64 * 1024);
+    /// # drop(scratch);
+    /// ```
+    pub fn new(read_size: usize) -> Scratch {
+        assert!(read_size > 0, "the read buffer must hold at least one byte");
+        Scratch {
+            read: vec![0; read_size],
+            spare: Vec::new(),
+        }
+    }
+
+    fn give_back(&mut self, pending: Box<Pending>) {
+        if self.spare.len() < SPARE_BUFFERS {
+            self.spare.push(pending);
+        }
+    }
+}
+
+/// Limits that shape one [`Connection::drive`] call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Stop reading once this many bytes are pending (high-water mark).
+    pub max_pending: usize,
+    /// Resume reading once pending bytes fall to this many (low-water mark).
+    pub resume_at: usize,
+    /// Bytes one `drive` call may read before yielding to other connections.
+    pub budget: usize,
+}
+
+/// What one [`Connection::drive`] call did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Bytes read from the peer.
+    pub bytes_in: usize,
+    /// Bytes written to the peer.
+    pub bytes_out: usize,
+    /// The read budget ran out while the peer may have more: drive again soon.
+    pub more: bool,
+    /// The read side has nothing more for now (it would block, or is closed).
+    pub drained: bool,
+    /// This call started a backpressure pause.
+    pub paused: bool,
+}
+
+// Bits of `Connection::flags`.
+const READ_CLOSED: u8 = 1; // the peer sent FIN: read returned 0
+const PAUSED: u8 = 2; // backpressure: too much pending, reads stopped
+const WRITE_SHUT: u8 = 4; // we shut down our write half
+
+/// One peer's echo state.
+///
+/// Every field is small on purpose: the slab holds one of these per connection,
+/// and an idle connection costs only `size_of::<Connection<TcpStream>>()` bytes
+/// of user-space memory (24 on 64-bit Linux) plus the slab's slot overhead.
+#[derive(Debug)]
+pub struct Connection<S> {
+    stream: S,
+    // Some only while bytes are waiting to be written back; never empty.
+    pending: Option<Box<Pending>>,
+    // The loop's bookkeeping, kept here (not in a wrapper struct) so that the
+    // whole slab entry packs into 24 bytes: see `server.rs`.
+    pub(crate) last_active: u32,
+    pub(crate) generation: u16,
+    pub(crate) registered: u8,
+    flags: u8,
+}
+
+impl<S: Read + Write + HalfClose> Connection<S> {
+    /// Wraps a connected, non-blocking stream.
+    ///
+    /// ```
+    /// use echoloop::Connection;
+    /// let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    /// let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    /// let (accepted, _) = listener.accept().unwrap();
+    /// accepted.set_nonblocking(true).unwrap();
+    /// let conn = Connection::new(mio::net::TcpStream::from_std(accepted));
+    /// assert_eq!(conn.pending_len(), 0);
+    /// # drop(client);
+    /// ```
+    pub fn new(stream: S) -> Connection<S> {
+        Connection {
+            stream,
+            pending: None,
+            last_active: 0,
+            generation: 0,
+            registered: 0,
+            flags: 0,
+        }
+    }
+
+    /// The underlying stream, e.g. to register it with a `mio::Registry`.
+    pub fn stream_mut(&mut self) -> &mut S {
+        &mut self.stream
+    }
+
+    /// Bytes read from the peer and not yet written back.
+    pub fn pending_len(&self) -> usize {
+        self.pending.as_ref().map_or(0, |p| p.len())
+    }
+
+    /// True once the peer has half-closed (a read returned 0).
+    pub fn read_closed(&self) -> bool {
+        self.flags & READ_CLOSED != 0
+    }
+
+    /// True while reading is paused by backpressure.
+    pub fn is_paused(&self) -> bool {
+        self.flags & PAUSED != 0
+    }
+
+    /// True when this connection has nothing left to do: the peer half-closed,
+    /// every byte was echoed and our write side was shut down.
+    pub fn is_done(&self) -> bool {
+        self.flags & WRITE_SHUT != 0
+    }
+
+    /// The readiness this connection wants next, derived from its state.
+    ///
+    /// READABLE while it may read; WRITABLE only while bytes are pending, so
+    /// an idle connection gets no "you can write" wake-ups. `None` means it
+    /// wants nothing more and should be closed.
+    pub fn wanted(&self) -> Option<Interest> {
+        let read = !self.read_closed() && !self.is_paused() && !self.is_done();
+        match (read, self.pending.is_some()) {
+            (true, true) => Some(Interest::READABLE | Interest::WRITABLE),
+            (true, false) => Some(Interest::READABLE),
+            (false, true) => Some(Interest::WRITABLE),
+            (false, false) => None,
+        }
+    }
+
+    /// Echoes as much as the stream allows right now.
+    ///
+    /// Writes pending bytes first, then reads into the shared `scratch` buffer
+    /// and writes each chunk straight back; only what the stream would not
+    /// take is copied into this connection's pending buffer. Stops when the
+    /// stream would block, the budget is spent, or backpressure pauses reads.
+    /// Once the peer has half-closed and nothing is pending, shuts down the
+    /// write side ([`Connection::is_done`] turns true).
+    ///
+    /// Work: at most `limits.budget` bytes read (plus one buffer), and the
+    /// writes that echo them.
+    ///
+    /// # Errors
+    /// Any I/O error other than `WouldBlock` and `Interrupted` (a reset, a
+    /// broken pipe): the connection is then unusable and should be closed.
+    pub fn drive(&mut self, scratch: &mut Scratch, limits: &Limits) -> io::Result<Progress> {
+        let mut progress = Progress::default();
+        let mut budget = limits.budget;
+        // Once a write would block, no further write can succeed until the
+        // next writable event, so this call stops trying.
+        let mut write_blocked = false;
+        loop {
+            if !write_blocked && self.pending.is_some() {
+                let sent = self.flush(scratch)?;
+                progress.bytes_out += sent;
+                write_blocked = self.pending.is_some();
+            }
+            if self.is_paused() {
+                if self.pending_len() > limits.resume_at {
+                    break;
+                }
+                self.flags &= !PAUSED;
+            }
+            if self.read_closed() {
+                progress.drained = true;
+                break;
+            }
+            if budget == 0 {
+                progress.more = true;
+                break;
+            }
+            let room = limits.max_pending.saturating_sub(self.pending_len());
+            let want = scratch.read.len().min(room).min(budget);
+            if want == 0 {
+                self.pause(&mut progress);
+                break;
+            }
+            let n = match self.stream.read(&mut scratch.read[..want]) {
+                Ok(0) => {
+                    self.flags |= READ_CLOSED;
+                    progress.drained = true;
+                    break;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    progress.drained = true;
+                    break;
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            progress.bytes_in += n;
+            budget = budget.saturating_sub(n);
+            let chunk = &scratch.read[..n];
+            // Echo at once; keep only what the socket would not take. If bytes
+            // are already pending, new ones must queue behind them (order).
+            let sent = if self.pending.is_none() && !write_blocked {
+                write_some(&mut self.stream, chunk)?
+            } else {
+                0
+            };
+            progress.bytes_out += sent;
+            if sent < n {
+                write_blocked = true;
+                let spare = &mut scratch.spare;
+                let pending = self.pending.get_or_insert_with(|| spare.pop().unwrap_or_default());
+                pending.push(&scratch.read[sent..n]);
+            }
+            if self.pending_len() >= limits.max_pending {
+                self.pause(&mut progress);
+                break;
+            }
+            if SHORT_READ_DRAINS && n < want {
+                progress.drained = true;
+                break;
+            }
+        }
+        if self.read_closed() && self.pending.is_none() && !self.is_done() {
+            self.stream.shutdown_write()?;
+            self.flags |= WRITE_SHUT;
+        }
+        Ok(progress)
+    }
+
+    /// Shuts down the write side now, whatever is pending: used when the
+    /// server stops and this connection has nothing more to echo.
+    ///
+    /// # Errors
+    /// Whatever `shutdown(SHUT_WR)` reports.
+    pub fn shutdown_write(&mut self) -> io::Result<()> {
+        if !self.is_done() {
+            self.flags |= WRITE_SHUT;
+            self.stream.shutdown_write()?;
+        }
+        Ok(())
+    }
+
+    /// Returns this connection's pending buffer to the pool, if it has one.
+    pub fn release(&mut self, scratch: &mut Scratch) {
+        if let Some(mut pending) = self.pending.take() {
+            pending.consume(pending.len());
+            scratch.give_back(pending);
+        }
+    }
+
+    fn pause(&mut self, progress: &mut Progress) {
+        if !self.is_paused() {
+            self.flags |= PAUSED;
+            progress.paused = true;
+        }
+    }
+
+    // Writes pending bytes until done or the stream would block; a drained
+    // buffer goes back to the pool so an idle connection owns no heap memory.
+    fn flush(&mut self, scratch: &mut Scratch) -> io::Result<usize> {
+        let Some(pending) = self.pending.as_mut() else {
+            return Ok(0);
+        };
+        let sent = write_some(&mut self.stream, pending.unsent())?;
+        pending.consume(sent);
+        if pending.len() == 0 {
+            self.release(scratch);
+        }
+        Ok(sent)
+    }
+}
+
+/// Writes as much of `bytes` as the stream takes before it would block.
+fn write_some<W: Write>(stream: &mut W, bytes: &[u8]) -> io::Result<usize> {
+    let mut sent = 0;
+    while sent < bytes.len() {
+        match stream.write(&bytes[sent..]) {
+            Ok(0) => return Err(ErrorKind::WriteZero.into()),
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(sent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+
+    /// What the scripted stream does on its next read or write.
+    #[derive(Debug, Clone, Copy)]
+    enum Step {
+        /// Deliver (read) or accept (write) up to this many bytes.
+        Bytes(usize),
+        WouldBlock,
+        Interrupted,
+        Fail,
+    }
+
+    /// An in-memory stream that follows a script. When a script runs out,
+    /// reads return `WouldBlock` (or 0 once `eof` is set) and writes take all.
+    #[derive(Default)]
+    struct Scripted {
+        input: Vec<u8>,
+        read_pos: usize,
+        reads: VecDeque<Step>,
+        writes: VecDeque<Step>,
+        eof: bool,
+        output: Vec<u8>,
+        shut: bool,
+        read_calls: usize,
+    }
+
+    impl Read for Scripted {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.read_calls += 1;
+            let left = self.input.len() - self.read_pos;
+            let step = self.reads.pop_front().unwrap_or(Step::Bytes(usize::MAX));
+            let limit = match step {
+                Step::WouldBlock => return Err(ErrorKind::WouldBlock.into()),
+                Step::Interrupted => return Err(ErrorKind::Interrupted.into()),
+                Step::Fail => return Err(ErrorKind::ConnectionReset.into()),
+                Step::Bytes(n) => n,
+            };
+            if left == 0 {
+                return if self.eof {
+                    Ok(0)
+                } else {
+                    Err(ErrorKind::WouldBlock.into())
+                };
+            }
+            let n = limit.min(left).min(buf.len()).max(1);
+            buf[..n].copy_from_slice(&self.input[self.read_pos..self.read_pos + n]);
+            self.read_pos += n;
+            Ok(n)
+        }
+    }
+
+    impl Write for Scripted {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            assert!(!self.shut, "write after shutdown");
+            let step = self.writes.pop_front().unwrap_or(Step::Bytes(usize::MAX));
+            match step {
+                Step::WouldBlock => Err(ErrorKind::WouldBlock.into()),
+                Step::Interrupted => Err(ErrorKind::Interrupted.into()),
+                Step::Fail => Err(ErrorKind::BrokenPipe.into()),
+                Step::Bytes(n) => {
+                    let n = n.min(buf.len()).max(1);
+                    self.output.extend_from_slice(&buf[..n]);
+                    Ok(n)
+                }
+            }
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl HalfClose for Scripted {
+        fn shutdown_write(&mut self) -> io::Result<()> {
+            self.shut = true;
+            Ok(())
+        }
+    }
+
+    const LIMITS: Limits = Limits {
+        max_pending: 1000,
+        resume_at: 500,
+        budget: 1 << 20,
+    };
+
+    fn conn_with(input: &[u8]) -> Connection<Scripted> {
+        Connection::new(Scripted {
+            input: input.to_vec(),
+            ..Scripted::default()
+        })
+    }
+
+    #[test]
+    fn echoes_a_read_at_once_without_pending() {
+        let mut conn = conn_with(b"hello");
+        let mut scratch = Scratch::new(64);
+        let p = conn.drive(&mut scratch, &LIMITS).unwrap();
+        assert_eq!(conn.stream.output, b"hello");
+        assert_eq!((p.bytes_in, p.bytes_out), (5, 5));
+        assert!(p.drained);
+        assert_eq!(conn.pending_len(), 0);
+        assert_eq!(conn.wanted(), Some(Interest::READABLE));
+    }
+
+    #[test]
+    fn short_read_counts_as_drained_on_linux() {
+        let mut conn = conn_with(b"abc");
+        let mut scratch = Scratch::new(64);
+        conn.drive(&mut scratch, &LIMITS).unwrap();
+        let expected = if SHORT_READ_DRAINS { 1 } else { 2 };
+        assert_eq!(conn.stream.read_calls, expected);
+    }
+
+    #[test]
+    fn keeps_the_unwritten_part_of_a_partial_write() {
+        let mut conn = conn_with(b"0123456789");
+        conn.stream.writes = VecDeque::from([Step::Bytes(3), Step::WouldBlock]);
+        let mut scratch = Scratch::new(64);
+        conn.drive(&mut scratch, &LIMITS).unwrap();
+        assert_eq!(conn.stream.output, b"012");
+        assert_eq!(conn.pending_len(), 7);
+        assert_eq!(
+            conn.wanted(),
+            Some(Interest::READABLE | Interest::WRITABLE)
+        );
+        // The next writable event flushes the rest, and WRITABLE is dropped.
+        conn.drive(&mut scratch, &LIMITS).unwrap();
+        assert_eq!(conn.stream.output, b"0123456789");
+        assert_eq!(conn.wanted(), Some(Interest::READABLE));
+    }
+
+    #[test]
+    fn releases_the_pending_buffer_once_drained() {
+        let mut conn = conn_with(b"0123456789");
+        conn.stream.writes = VecDeque::from([Step::WouldBlock]);
+        let mut scratch = Scratch::new(64);
+        conn.drive(&mut scratch, &LIMITS).unwrap();
+        assert!(conn.pending.is_some());
+        conn.drive(&mut scratch, &LIMITS).unwrap();
+        assert!(conn.pending.is_none());
+        assert_eq!(scratch.spare.len(), 1, "the buffer went back to the pool");
+    }
+
+    #[test]
+    fn new_bytes_queue_behind_pending_ones() {
+        let mut conn = conn_with(b"abcdef");
+        conn.stream.reads = VecDeque::from([Step::Bytes(3), Step::Bytes(3)]);
+        conn.stream.writes = VecDeque::from([Step::Bytes(1), Step::WouldBlock]);
+        let mut scratch = Scratch::new(3);
+        conn.drive(&mut scratch, &LIMITS).unwrap();
+        assert_eq!(conn.stream.output, b"a");
+        assert_eq!(conn.pending_len(), 5);
+        conn.drive(&mut scratch, &LIMITS).unwrap();
+        assert_eq!(conn.stream.output, b"abcdef");
+    }
+
+    #[test]
+    fn stops_reading_while_buffer_is_full() {
+        let input = vec![7u8; 5000];
+        let mut conn = conn_with(&input);
+        conn.stream.writes = VecDeque::from(vec![Step::WouldBlock; 100]);
+        let mut scratch = Scratch::new(256);
+        let p = conn.drive(&mut scratch, &LIMITS).unwrap();
+        assert!(p.paused);
+        assert_eq!(conn.pending_len(), LIMITS.max_pending);
+        assert_eq!(conn.wanted(), Some(Interest::WRITABLE));
+        // Still blocked: no read, no growth.
+        let reads = conn.stream.read_calls;
+        conn.drive(&mut scratch, &LIMITS).unwrap();
+        assert_eq!(conn.stream.read_calls, reads);
+        assert_eq!(conn.pending_len(), LIMITS.max_pending);
+    }
+
+    #[test]
+    fn resumes_reading_below_the_low_water_mark() {
+        let input = vec![7u8; 5000];
+        let mut conn = conn_with(&input);
+        let mut writes = vec![Step::WouldBlock];
+        // Draining 400 of 1000 leaves 600, above resume_at (500): still paused.
+        writes.push(Step::Bytes(400));
+        writes.push(Step::WouldBlock);
+        conn.stream.writes = VecDeque::from(writes);
+        let mut scratch = Scratch::new(256);
+        conn.drive(&mut scratch, &LIMITS).unwrap();
+        assert!(conn.is_paused());
+        conn.drive(&mut scratch, &LIMITS).unwrap();
+        assert_eq!(conn.pending_len(), 600);
+        assert!(conn.is_paused());
+        // Unlimited writes now: everything flows.
+        for _ in 0..100 {
+            conn.drive(&mut scratch, &LIMITS).unwrap();
+            if conn.stream.output.len() == input.len() {
+                break;
+            }
+        }
+        assert!(!conn.is_paused());
+        assert_eq!(conn.stream.output, input);
+    }
+
+    #[test]
+    fn half_close_flushes_then_shuts_down_write() {
+        let mut conn = conn_with(b"bye");
+        conn.stream.eof = true;
+        conn.stream.writes = VecDeque::from([Step::WouldBlock]);
+        let mut scratch = Scratch::new(2);
+        conn.drive(&mut scratch, &LIMITS).unwrap();
+        conn.drive(&mut scratch, &LIMITS).unwrap();
+        assert!(conn.read_closed());
+        while !conn.is_done() {
+            conn.drive(&mut scratch, &LIMITS).unwrap();
+        }
+        assert_eq!(conn.stream.output, b"bye");
+        assert!(conn.stream.shut);
+        assert_eq!(conn.wanted(), None);
+    }
+
+    #[test]
+    fn pending_bytes_survive_half_close_until_writable() {
+        let mut conn = conn_with(b"data");
+        conn.stream.eof = true;
+        conn.stream.writes = VecDeque::from([Step::WouldBlock]);
+        let mut scratch = Scratch::new(4);
+        conn.drive(&mut scratch, &LIMITS).unwrap();
+        assert!(conn.read_closed());
+        assert!(!conn.is_done());
+        assert_eq!(conn.wanted(), Some(Interest::WRITABLE));
+        conn.drive(&mut scratch, &LIMITS).unwrap();
+        assert!(conn.is_done());
+        assert_eq!(conn.stream.output, b"data");
+    }
+
+    #[test]
+    fn budget_yields_with_data_left() {
+        let input = vec![1u8; 1000];
+        let mut conn = conn_with(&input);
+        let mut scratch = Scratch::new(100);
+        let limits = Limits {
+            budget: 300,
+            ..LIMITS
+        };
+        let p = conn.drive(&mut scratch, &limits).unwrap();
+        assert!(p.more);
+        assert_eq!(p.bytes_in, 300);
+    }
+
+    #[test]
+    fn interrupted_is_retried() {
+        let mut conn = conn_with(b"xyz");
+        conn.stream.reads = VecDeque::from([Step::Interrupted]);
+        conn.stream.writes = VecDeque::from([Step::Interrupted]);
+        let mut scratch = Scratch::new(64);
+        conn.drive(&mut scratch, &LIMITS).unwrap();
+        assert_eq!(conn.stream.output, b"xyz");
+    }
+
+    #[test]
+    fn errors_are_reported_not_swallowed() {
+        let mut conn = conn_with(b"xyz");
+        conn.stream.writes = VecDeque::from([Step::Fail]);
+        let mut scratch = Scratch::new(64);
+        let err = conn.drive(&mut scratch, &LIMITS).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::BrokenPipe);
+        let mut conn = conn_with(b"xyz");
+        conn.stream.reads = VecDeque::from([Step::Fail]);
+        let err = conn.drive(&mut scratch, &LIMITS).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ConnectionReset);
+    }
+
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn step() -> impl Strategy<Value = Step> {
+            prop_oneof![
+                6 => (1usize..700).prop_map(Step::Bytes),
+                2 => Just(Step::WouldBlock),
+                1 => Just(Step::Interrupted),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Output equals input, pending never exceeds the cap, and the
+            /// wanted interest matches the state after every step.
+            #[test]
+            fn echo_is_exact_under_random_readiness(
+                input in proptest::collection::vec(any::<u8>(), 0..6000),
+                reads in proptest::collection::vec(step(), 0..60),
+                writes in proptest::collection::vec(step(), 0..60),
+                read_size in 1usize..300,
+                max_pending in 1usize..2000,
+                budget in 1usize..3000,
+                eof in any::<bool>(),
+            ) {
+                let limits = Limits { max_pending, resume_at: max_pending / 2, budget };
+                let mut conn = Connection::new(Scripted {
+                    input: input.clone(),
+                    reads: reads.into(),
+                    writes: writes.into(),
+                    eof,
+                    ..Scripted::default()
+                });
+                let mut scratch = Scratch::new(read_size);
+                // Events are hints: drive repeatedly, as the loop would on
+                // each edge, until all input has been echoed.
+                for _ in 0..100_000 {
+                    conn.drive(&mut scratch, &limits).unwrap();
+                    prop_assert!(conn.pending_len() <= max_pending);
+                    let pending = conn.pending_len() > 0;
+                    let reading = !conn.read_closed() && !conn.is_paused() && !conn.is_done();
+                    let wanted = conn.wanted();
+                    prop_assert_eq!(wanted.is_some_and(|i| i.is_writable()), pending);
+                    prop_assert_eq!(wanted.is_some_and(|i| i.is_readable()), reading);
+                    if conn.is_done() || (!eof && conn.stream.output.len() == input.len()) {
+                        break;
+                    }
+                }
+                prop_assert_eq!(&conn.stream.output, &input);
+                prop_assert_eq!(conn.is_done(), eof);
+                prop_assert_eq!(conn.stream.shut, eof);
+            }
+        }
+    }
+}
