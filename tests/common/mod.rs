@@ -1,0 +1,275 @@
+//! Helpers shared by the black-box tests: start a server process, talk to it
+//! over loopback with timeouts, and make verifiable byte patterns.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Every socket in the tests gets this timeout, so a bug fails instead of hanging.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The server binary under test.
+pub fn server_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_echoloop"))
+}
+
+/// An example binary, built by `cargo test` next to the test executables.
+pub fn example_bin(name: &str) -> PathBuf {
+    let mut dir = std::env::current_exe().expect("test executable path");
+    dir.pop(); // deps
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir.join("examples").join(name)
+}
+
+/// A running server process, killed on drop if still running.
+pub struct Server {
+    child: Child,
+    pub addrs: Vec<SocketAddr>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Server {
+    /// Starts the echoloop binary with `args`, listening on 127.0.0.1:0
+    /// unless `args` has a `--listen`.
+    pub fn start(args: &[&str]) -> Server {
+        let mut cmd = Command::new(server_bin());
+        cmd.args(args);
+        if !args.contains(&"--listen") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        let listeners = args.iter().filter(|a| **a == "--listen").count().max(1);
+        Server::spawn(cmd, listeners)
+    }
+
+    /// Spawns `cmd` and waits for `listeners` lines `listening on IP:PORT`.
+    pub fn spawn(mut cmd: Command, listeners: usize) -> Server {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
+        let mut child = cmd.spawn().expect("start server");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = stderr.clone();
+        let pipe = child.stderr.take().expect("stderr");
+        thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let mut addrs = Vec::new();
+        while addrs.len() < listeners {
+            let line = rx
+                .recv_timeout(Duration::from_secs(20))
+                .unwrap_or_else(|_| panic!("no 'listening on' line; stderr: {}", stderr.lock().unwrap()));
+            let addr = line
+                .strip_prefix("listening on ")
+                .unwrap_or_else(|| panic!("unexpected stdout line {line:?}"));
+            addrs.push(addr.parse().expect("listening address"));
+        }
+        Server {
+            child,
+            addrs,
+            stderr,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addrs[0]
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits up to 10 s for `needle` to appear in the server's stderr.
+    pub fn log_contains(&self, needle: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.stderr().contains(needle) {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill() only sends a signal to our own child process.
+        let rc = unsafe { libc::kill(self.pid(), signal) };
+        assert_eq!(rc, 0, "kill failed");
+    }
+
+    /// Waits up to `limit` for the process to exit.
+    pub fn wait_for_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// User plus system CPU time of the process so far, from /proc.
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).expect("stat");
+        // Fields after the parenthesised command name; utime and stime are
+        // the 14th and 15th fields overall.
+        let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+        Duration::from_millis(ticks * 1000 / hz)
+    }
+
+    /// Resident memory of the process in bytes, from /proc.
+    pub fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("status");
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
+        let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        kb * 1024
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Connects with read and write timeouts set.
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream
+}
+
+/// A deterministic byte pattern per seed (xorshift), so every echoed byte
+/// can be checked without keeping a copy of what was sent.
+pub struct Pattern(u64);
+
+impl Pattern {
+    pub fn new(seed: u64) -> Pattern {
+        Pattern(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for b in buf {
+            *b = self.next_u64() as u8;
+        }
+    }
+}
+
+/// Sends `total` pattern bytes in chunks drawn from `chunk_sizes` (cycled)
+/// while another thread reads them back and checks each byte; returns the
+/// bytes verified. Panics on any mismatch, early EOF or timeout.
+pub fn echo_verified(stream: TcpStream, seed: u64, total: usize, chunk_sizes: &[usize]) -> usize {
+    let mut writer = stream.try_clone().unwrap();
+    let sizes = chunk_sizes.to_vec();
+    let sender = thread::spawn(move || {
+        let mut pattern = Pattern::new(seed);
+        let mut sent = 0;
+        let mut buf = Vec::new();
+        for size in sizes.iter().cycle() {
+            if sent >= total {
+                break;
+            }
+            let n = (*size).min(total - sent);
+            buf.resize(n, 0);
+            pattern.fill(&mut buf);
+            writer.write_all(&buf).expect("send");
+            sent += n;
+        }
+    });
+    let received = read_verified(&stream, seed, total);
+    sender.join().expect("sender");
+    received
+}
+
+/// Reads exactly `total` bytes and checks them against the pattern.
+pub fn read_verified(mut stream: &TcpStream, seed: u64, total: usize) -> usize {
+    let mut pattern = Pattern::new(seed);
+    let mut expected = vec![0u8; 64 * 1024];
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut received = 0;
+    while received < total {
+        let want = buf.len().min(total - received);
+        let n = stream.read(&mut buf[..want]).expect("read echo");
+        assert!(n > 0, "EOF after {received} of {total} bytes");
+        pattern.fill(&mut expected[..n]);
+        if buf[..n] != expected[..n] {
+            let at = (0..n).find(|&i| buf[i] != expected[i]).unwrap();
+            panic!("mismatch at byte {}", received + at);
+        }
+        received += n;
+    }
+    received
+}
+
+/// One request and its echo.
+pub fn ping(stream: &mut TcpStream, msg: &[u8]) {
+    stream.write_all(msg).expect("ping write");
+    let mut back = vec![0u8; msg.len()];
+    stream.read_exact(&mut back).expect("ping read");
+    assert_eq!(back, msg);
+}
+
+/// True if the peer closed (EOF or reset) within the socket's read timeout;
+/// false if data arrived or the read timed out.
+pub fn sees_close(stream: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 16];
+    match stream.read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    }
+}
+
+/// Reads to EOF and returns everything.
+pub fn read_to_end(stream: &mut TcpStream) -> Vec<u8> {
+    let mut all = Vec::new();
+    stream.read_to_end(&mut all).expect("read to end");
+    all
+}
+
+/// Half-closes our side.
+pub fn finish_sending(stream: &TcpStream) {
+    stream.shutdown(Shutdown::Write).expect("shutdown write");
+}

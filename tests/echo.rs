@@ -1,0 +1,284 @@
+//! Black-box tests of the echoloop binary over real loopback sockets.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[test]
+fn random_chunks_over_many_connections_echo_every_byte() {
+    let server = Server::start(&[]);
+    let addr = server.addr();
+    let mut seeds = Pattern::new(42);
+    for conns in [1usize, 7, 60, 200] {
+        let mut clients = Vec::new();
+        for c in 0..conns {
+            let seed = seeds.next_u64();
+            // Chunk sizes from 1 byte to 256 KiB, different per connection.
+            let sizes: Vec<usize> = (0..16)
+                .map(|i| {
+                    let r = Pattern::new(seed ^ i).next_u64();
+                    1 + (r as usize) % (256 * 1024)
+                })
+                .collect();
+            // Fewer bytes per connection when there are many of them.
+            let total = if conns > 50 { 96 * 1024 } else { 2 * 1024 * 1024 } + c;
+            let stream = connect(addr);
+            clients.push(thread::spawn(move || echo_verified(stream, seed, total, &sizes)));
+        }
+        for client in clients {
+            assert!(client.join().expect("client") > 0);
+        }
+    }
+}
+
+#[test]
+fn a_64_mib_stream_comes_back_intact() {
+    let server = Server::start(&[]);
+    let total = 64 * 1024 * 1024;
+    let got = echo_verified(connect(server.addr()), 7, total, &[65536, 1000, 200_000]);
+    assert_eq!(got, total);
+}
+
+#[test]
+fn half_close_delivers_every_pending_byte_then_fin() {
+    let server = Server::start(&["--max-pending", "16K"]);
+    let mut stream = connect(server.addr());
+    let total = 3 * 1024 * 1024;
+    // Send everything and half-close before reading anything, so the server
+    // holds pending bytes and reads paused when the FIN arrives.
+    let writer = stream.try_clone().unwrap();
+    let sender = thread::spawn(move || {
+        let mut writer = writer;
+        let mut pattern = Pattern::new(99);
+        let mut buf = vec![0u8; total];
+        pattern.fill(&mut buf);
+        writer.write_all(&buf).unwrap();
+        finish_sending(&writer);
+    });
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(read_verified(&stream, 99, total), total);
+    sender.join().unwrap();
+    // Then an orderly FIN, not a reset, and nothing extra.
+    assert_eq!(read_to_end(&mut stream), Vec::<u8>::new());
+}
+
+#[test]
+fn a_client_that_never_reads_does_not_stall_others() {
+    let server = Server::start(&["--max-pending", "64K"]);
+    let stalled = connect(server.addr());
+    let total = 16 * 1024 * 1024;
+    // This client sends far more than the socket buffers and our pending cap
+    // hold, and reads nothing until the other client is done.
+    let writer = stalled.try_clone().unwrap();
+    let sender = thread::spawn(move || {
+        let mut writer = writer;
+        let mut pattern = Pattern::new(5);
+        let mut chunk = vec![0u8; 64 * 1024];
+        let mut sent = 0;
+        while sent < total {
+            pattern.fill(&mut chunk);
+            writer.write_all(&chunk).unwrap();
+            sent += chunk.len();
+        }
+    });
+    thread::sleep(Duration::from_millis(300));
+    let rss_stalled = server.rss();
+    let mut other = connect(server.addr());
+    for i in 0..200u32 {
+        ping(&mut other, format!("ping {i}").as_bytes());
+    }
+    // Backpressure bounds what the server holds for the stalled client.
+    assert!(
+        server.rss() < rss_stalled + 8 * 1024 * 1024,
+        "server memory grew while a client was stalled"
+    );
+    assert_eq!(read_verified(&stalled, 5, total), total);
+    sender.join().unwrap();
+}
+
+#[test]
+fn connection_limit_closes_extra_connections_and_serves_the_rest() {
+    let server = Server::start(&["--max-connections", "3"]);
+    let addr = server.addr();
+    let mut kept: Vec<_> = (0..3).map(|_| connect(addr)).collect();
+    for (i, c) in kept.iter_mut().enumerate() {
+        ping(c, format!("hello {i}").as_bytes());
+    }
+    let mut extra = connect(addr);
+    extra.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = extra.write_all(b"anyone?");
+    assert!(sees_close(&mut extra), "the 4th connection was not closed");
+    for c in kept.iter_mut() {
+        ping(c, b"still here");
+    }
+    // Free a slot: a new client is served again.
+    drop(kept.pop());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut c = connect(addr);
+        c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        if c.write_all(b"x").is_ok() {
+            let mut b = [0u8; 1];
+            if matches!(c.read(&mut b), Ok(1)) {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "no slot freed after a close");
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        server.log_contains("connection limit (3) reached"),
+        "stderr: {}",
+        server.stderr()
+    );
+}
+
+#[test]
+fn a_reset_mid_transfer_closes_only_that_connection() {
+    let server = Server::start(&[]);
+    let addr = server.addr();
+    let mut healthy = connect(addr);
+    ping(&mut healthy, b"before");
+    for round in 0..20 {
+        let victim = connect(addr);
+        let socket = socket2::Socket::from(victim);
+        let mut stream: std::net::TcpStream = socket.try_clone().unwrap().into();
+        let chunk = vec![round as u8; 200_000];
+        let _ = stream.write_all(&chunk[..100_000 + round * 1000]);
+        // SO_LINGER 0: close sends RST, with echoes still in flight.
+        socket.set_linger(Some(Duration::ZERO)).unwrap();
+        drop(stream);
+        drop(socket);
+        ping(&mut healthy, format!("after {round}").as_bytes());
+    }
+    let big = echo_verified(healthy.try_clone().unwrap(), 3, 1 << 20, &[4096]);
+    assert_eq!(big, 1 << 20);
+}
+
+#[test]
+fn sigterm_flushes_in_flight_data_and_exits_zero() {
+    let mut server = Server::start(&["--shutdown-timeout", "10"]);
+    let addr = server.addr();
+    let idle = connect(addr);
+    let mut busy = connect(addr);
+    let total = 4 * 1024 * 1024;
+    let mut data = vec![0u8; total];
+    Pattern::new(11).fill(&mut data);
+    // Everything is sent before the signal; much of it is still in kernel
+    // buffers or pending when the signal arrives.
+    let writer = busy.try_clone().unwrap();
+    let sender = thread::spawn(move || {
+        let mut writer = writer;
+        writer.write_all(&data).unwrap();
+    });
+    // Let the client's socket buffers fill, then signal while echoes are pending.
+    thread::sleep(Duration::from_millis(300));
+    server.signal(libc::SIGTERM);
+    assert_eq!(read_verified(&busy, 11, total), total);
+    sender.join().unwrap();
+    assert_eq!(read_to_end(&mut busy), Vec::<u8>::new(), "orderly FIN after the echo");
+    let mut idle = idle;
+    assert!(sees_close(&mut idle));
+    let status = server.wait_for_exit(Duration::from_secs(15)).expect("server did not exit");
+    assert_eq!(status.code(), Some(0));
+    // New connections are refused after shutdown.
+    assert!(std::net::TcpStream::connect(addr).is_err());
+}
+
+#[test]
+fn shutdown_timeout_bounds_a_client_that_never_reads() {
+    let mut server = Server::start(&["--shutdown-timeout", "1"]);
+    let stuck = connect(server.addr());
+    let writer = stuck.try_clone().unwrap();
+    thread::spawn(move || {
+        let mut writer = writer;
+        let chunk = vec![1u8; 64 * 1024];
+        // Ends with an error once the server closes the connection.
+        while writer.write_all(&chunk).is_ok() {}
+    });
+    thread::sleep(Duration::from_millis(300));
+    server.signal(libc::SIGINT);
+    let status = server.wait_for_exit(Duration::from_secs(10)).expect("server did not exit");
+    assert_eq!(status.code(), Some(0));
+    assert!(server.log_contains("shutdown complete"));
+}
+
+#[test]
+fn listens_on_ipv4_and_ipv6_at_once() {
+    let server = Server::start(&["--listen", "127.0.0.1:0", "--listen", "[::1]:0"]);
+    assert_eq!(server.addrs.len(), 2);
+    assert!(server.addrs[1].is_ipv6());
+    for addr in &server.addrs {
+        match std::net::TcpStream::connect(addr) {
+            Ok(mut c) => {
+                c.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+                ping(&mut c, b"dual stack");
+            }
+            // A machine without IPv6 loopback cannot test the second half.
+            Err(e) if addr.is_ipv6() => eprintln!("skipping IPv6 check: {e}"),
+            Err(e) => panic!("connect {addr}: {e}"),
+        }
+    }
+}
+
+#[test]
+fn a_port_in_use_is_one_clear_error_line() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr: SocketAddr = taken.local_addr().unwrap();
+    let out = Command::new(server_bin())
+        .args(["--listen", &addr.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(errors.len(), 1, "stderr: {stderr}");
+    assert!(errors[0].contains(&addr.to_string()), "stderr: {stderr}");
+    assert!(!stderr.contains("panicked"));
+}
+
+#[test]
+fn bad_options_are_rejected_without_a_panic() {
+    for args in [
+        &["--listen", "not-an-address"][..],
+        &["--listen", "127.0.0.1"],
+        &["--max-pending", "0"],
+        &["--max-pending", "lots"],
+        &["--shutdown-timeout", "-1"],
+        &["--max-connections", "many"],
+        &["--no-such-option"],
+    ] {
+        let out = Command::new(server_bin()).args(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?} was accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("error"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?} printed to stdout");
+    }
+}
+
+#[test]
+fn help_explains_every_option() {
+    let out = Command::new(server_bin()).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for option in [
+        "--listen",
+        "--max-connections",
+        "--max-pending",
+        "--shutdown-timeout",
+        "--idle-timeout",
+        "--stats-interval",
+        "--accepts-per-turn",
+        "--budget",
+    ] {
+        assert!(help.contains(option), "--help does not mention {option}");
+    }
+    assert!(help.contains("default"));
+}
