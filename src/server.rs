@@ -789,6 +789,64 @@ fn concerns_one_connection(err: &io::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
+    use std::net::TcpStream as StdStream;
+
+    fn server_with_listener(poll: &mio::Poll) -> (EchoServer, SocketAddr) {
+        let mut server = EchoServer::new(Config::default(), Token(100));
+        let addr = server.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        server.register(poll.registry()).unwrap();
+        (server, addr)
+    }
+
+    // Accepts one pending connection by handling a listener event.
+    fn accept_one(server: &mut EchoServer, poll: &mio::Poll) -> (usize, Token) {
+        let before = server.stats().accepted;
+        for _ in 0..1000 {
+            let listener = server.tokens.listener(0);
+            server.handle_token(poll.registry(), listener, Instant::now()).unwrap();
+            if server.stats().accepted > before {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let (key, conn) = server.conns.iter().last().expect("accepted a connection");
+        (key, server.tokens.connection(key, conn.generation))
+    }
+
+    #[test]
+    fn stale_token_of_a_reused_slot_is_ignored() {
+        let poll = mio::Poll::new().unwrap();
+        let (mut server, addr) = server_with_listener(&poll);
+        let _a = StdStream::connect(addr).unwrap();
+        let (key_a, token_a) = accept_one(&mut server, &poll);
+        // A closes (as if its error was handled earlier in this batch)...
+        server.close(poll.registry(), key_a, Reason::Error);
+        // ...and B, accepted in the same batch, gets the same slab key.
+        let mut b = StdStream::connect(addr).unwrap();
+        let (key_b, token_b) = accept_one(&mut server, &poll);
+        assert_eq!(key_a, key_b, "slab reuses the freed key");
+        assert_ne!(token_a, token_b, "but the token differs");
+        b.write_all(b"for b only").unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        // The event queued for A arrives now: it must not touch B.
+        server.handle_token(poll.registry(), token_a, Instant::now()).unwrap();
+        assert_eq!(server.stats().bytes_in, 0, "stale event drove the newcomer");
+        assert_eq!(server.stats().active, 1);
+        // B's own event echoes B's bytes.
+        server.handle_token(poll.registry(), token_b, Instant::now()).unwrap();
+        assert_eq!(server.stats().bytes_in, 10);
+    }
+
+    #[test]
+    fn tokens_outside_the_range_are_not_ours() {
+        let poll = mio::Poll::new().unwrap();
+        let (mut server, _) = server_with_listener(&poll);
+        assert!(!server.owns(Token(99)));
+        assert!(server.owns(Token(100)));
+        server.handle_token(poll.registry(), Token(5), Instant::now()).unwrap();
+        assert_eq!(server.stats(), Stats::default());
+    }
 
     #[test]
     fn slab_entry_is_small() {

@@ -1,0 +1,201 @@
+//! Abuse tests: descriptor exhaustion, floods, idle clients, accept storms.
+//! Each fails without the protection it names.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use common::*;
+
+/// Reads a counter from the last `stats:` line the server logged.
+fn counter(server: &Server, name: &str) -> u64 {
+    let log = server.stderr();
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("stats: ") || l.contains("shutdown complete: "))
+        .unwrap_or_else(|| panic!("no stats line in {log}"));
+    let field = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("no {name} in {line}"));
+    field.parse().unwrap()
+}
+
+/// Asks the server for its counters (SIGUSR1) and waits for the log line.
+fn fresh_stats(server: &Server) {
+    let before = server.stderr().matches("stats: ").count();
+    server.signal(libc::SIGUSR1);
+    for _ in 0..500 {
+        if server.stderr().matches("stats: ").count() > before {
+            return;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    panic!("no stats after SIGUSR1: {}", server.stderr());
+}
+
+#[test]
+fn out_of_descriptors_backs_off_without_spinning_and_recovers() {
+    // Like libuv's test-emfile: a child with RLIMIT_NOFILE = 32, and a
+    // connection limit far above it so accept itself runs out of descriptors.
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg("ulimit -n 32 && exec \"$0\" \"$@\"")
+        .arg(server_bin())
+        .args(["--listen", "127.0.0.1:0", "--max-connections", "1000"]);
+    let server = Server::spawn(cmd, 1);
+    let addr = server.addr();
+    let mut clients: Vec<TcpStream> = Vec::new();
+    for i in 0..60u8 {
+        let mut c = connect(addr);
+        c.write_all(&[i]).unwrap();
+        clients.push(c);
+    }
+    assert!(server.log_contains("out of descriptors"), "{}", server.stderr());
+    // Saturated: the server must sleep, not spin on accept.
+    let before = server.cpu_time();
+    thread::sleep(Duration::from_secs(2));
+    let used = server.cpu_time() - before;
+    assert!(used < Duration::from_millis(300), "server burned {used:?} of CPU while out of descriptors");
+    // Find which clients were served: their byte came back.
+    let mut served = Vec::new();
+    let mut waiting = Vec::new();
+    for (i, mut c) in clients.into_iter().enumerate() {
+        c.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let mut b = [0u8; 1];
+        match c.read(&mut b) {
+            Ok(1) => {
+                assert_eq!(b[0], i as u8);
+                served.push(c);
+            }
+            _ => waiting.push((i, c)),
+        }
+    }
+    assert!(!served.is_empty() && !waiting.is_empty(), "{} served, {} waiting", served.len(), waiting.len());
+    // Closing served clients frees descriptors: waiting ones get served.
+    served.truncate(served.len().saturating_sub(10));
+    for (i, c) in waiting.iter_mut().take(5) {
+        c.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        let mut b = [0u8; 1];
+        c.read_exact(&mut b).expect("a waiting client was never served");
+        assert_eq!(b[0], *i as u8);
+    }
+    fresh_stats(&server);
+    assert!(counter(&server, "accept_backoffs") >= 1);
+}
+
+#[test]
+fn a_flooding_client_does_not_starve_ping_pong_clients() {
+    let server = Server::start(&[]);
+    let addr = server.addr();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flooded = Arc::new(AtomicU64::new(0));
+    let flood = connect(addr);
+    let mut flood_reader = flood.try_clone().unwrap();
+    let (stop_w, stop_r) = (stop.clone(), stop.clone());
+    let writer = thread::spawn(move || {
+        let mut flood = flood;
+        let chunk = vec![0xAB; 256 * 1024];
+        // Bounded: at most 8 GiB, normally stopped long before.
+        for _ in 0..32 * 1024 {
+            if stop_w.load(Ordering::Relaxed) || flood.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+    });
+    let counted = flooded.clone();
+    let reader = thread::spawn(move || {
+        let mut buf = vec![0u8; 256 * 1024];
+        while !stop_r.load(Ordering::Relaxed) {
+            match flood_reader.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => counted.fetch_add(n as u64, Ordering::Relaxed),
+            };
+        }
+    });
+    // The flood is running before the others start.
+    while flooded.load(Ordering::Relaxed) < 4 << 20 {
+        thread::sleep(Duration::from_millis(10));
+    }
+    let pingers: Vec<_> = (0..100)
+        .map(|i| {
+            thread::spawn(move || {
+                let mut c = connect(addr);
+                for round in 0..50 {
+                    ping(&mut c, format!("client {i} round {round}").as_bytes());
+                }
+            })
+        })
+        .collect();
+    for p in pingers {
+        p.join().expect("a ping-pong client failed while another flooded");
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    reader.join().unwrap();
+    fresh_stats(&server);
+    assert!(counter(&server, "budget_yields") > 0, "the flood never yielded its turn");
+}
+
+#[test]
+fn idle_timeout_closes_idle_connections_and_spares_active_ones() {
+    let server = Server::start(&["--idle-timeout", "1"]);
+    let addr = server.addr();
+    let mut idle = connect(addr);
+    ping(&mut idle, b"once");
+    let mut active = connect(addr);
+    // Active: traffic every 200 ms for 3 s, longer than the timeout.
+    for i in 0..15 {
+        ping(&mut active, format!("tick {i}").as_bytes());
+        thread::sleep(Duration::from_millis(200));
+    }
+    assert!(sees_close(&mut idle), "the idle connection was not closed");
+    ping(&mut active, b"still open");
+    fresh_stats(&server);
+    assert_eq!(counter(&server, "closed_by_idle"), 1);
+    assert_eq!(counter(&server, "active"), 1);
+}
+
+#[test]
+fn an_accept_storm_does_not_stop_established_clients() {
+    let server = Server::start(&["--accepts-per-turn", "16"]);
+    let addr = server.addr();
+    let storming = Arc::new(AtomicBool::new(true));
+    let during_storm = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..10)
+        .map(|i| {
+            let (storming, count) = (storming.clone(), during_storm.clone());
+            thread::spawn(move || {
+                let mut c = connect(addr);
+                let mut n = 0u64;
+                while storming.load(Ordering::Relaxed) && n < 1_000_000 {
+                    ping(&mut c, format!("worker {i}").as_bytes());
+                    count.fetch_add(1, Ordering::Relaxed);
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+    let before = during_storm.load(Ordering::Relaxed);
+    let storm: Vec<TcpStream> = (0..3000).map(|_| connect(addr)).collect();
+    let exchanged = during_storm.load(Ordering::Relaxed) - before;
+    // Every storm connection is served.
+    for (i, mut c) in storm.into_iter().enumerate() {
+        let msg = (i as u32).to_le_bytes();
+        ping(&mut c, &msg);
+    }
+    storming.store(false, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    assert!(exchanged > 0, "no echo completed during the storm");
+    fresh_stats(&server);
+    assert!(counter(&server, "accepted") >= 3010);
+}
