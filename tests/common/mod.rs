@@ -19,14 +19,22 @@ pub fn server_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_echoloop"))
 }
 
-/// An example binary, built by `cargo test` next to the test executables.
+/// An example binary. Plain `cargo test` builds the examples before it runs
+/// any test; a filtered run (`cargo test --test embed`) may need
+/// `cargo build --examples` first.
 pub fn example_bin(name: &str) -> PathBuf {
     let mut dir = std::env::current_exe().expect("test executable path");
     dir.pop(); // deps
     if dir.ends_with("deps") {
         dir.pop();
     }
-    dir.join("examples").join(name)
+    let path = dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run plain `cargo test`, or `cargo build --examples` first",
+        path.display()
+    );
+    path
 }
 
 /// A running server process, killed on drop if still running.

@@ -1,0 +1,239 @@
+//! Embedding: echo servers as guests in a host's `mio::Poll`, and the two
+//! examples run as processes.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, UdpSocket as StdUdp};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, UdpSocket};
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use common::*;
+use echoloop::{Config, EchoServer, Stats, TOKEN_SPAN};
+
+const HOST_UDP: Token = Token(0);
+const HOST_WAKER: Token = Token(1);
+
+struct HostReport {
+    a: Stats,
+    b: Stats,
+    datagrams: usize,
+    wakes: usize,
+}
+
+#[test]
+fn two_servers_share_one_poll_and_host_events_are_untouched() {
+    let mut poll = Poll::new().unwrap();
+    let mut a = EchoServer::new(Config::default(), Token(2));
+    let mut b = EchoServer::new(Config::default(), Token(2 + TOKEN_SPAN));
+    assert!(a.token_range().end <= b.token_range().start, "ranges overlap");
+    let addr_a = a.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    // B adopts a listener the host bound itself, with its own backlog.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+    socket.listen(16).unwrap();
+    socket.set_nonblocking(true).unwrap();
+    let addr_b = b.adopt(TcpListener::from_std(socket.into())).unwrap();
+    a.register(poll.registry()).unwrap();
+    b.register(poll.registry()).unwrap();
+
+    let mut udp = UdpSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let udp_addr = udp.local_addr().unwrap();
+    poll.registry().register(&mut udp, HOST_UDP, Interest::READABLE).unwrap();
+    let waker = Arc::new(Waker::new(poll.registry(), HOST_WAKER).unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+
+    let host_stop = stop.clone();
+    let host = thread::spawn(move || {
+        let mut events = Events::with_capacity(256);
+        let mut report = HostReport { a: Stats::default(), b: Stats::default(), datagrams: 0, wakes: 0 };
+        let give_up = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < give_up {
+            let now = Instant::now();
+            let timeout = [a.poll_timeout(now), b.poll_timeout(now), Some(Duration::from_millis(100))]
+                .into_iter()
+                .flatten()
+                .min();
+            poll.poll(&mut events, timeout).unwrap();
+            let now = Instant::now();
+            for event in events.iter() {
+                let token = event.token();
+                assert!(!(a.owns(token) && b.owns(token)), "token {} owned twice", token.0);
+                match token {
+                    HOST_UDP => {
+                        let mut buf = [0u8; 64];
+                        while udp.recv_from(&mut buf).is_ok() {
+                            report.datagrams += 1;
+                        }
+                    }
+                    HOST_WAKER => {
+                        report.wakes += 1;
+                        if host_stop.load(Ordering::SeqCst) {
+                            a.begin_shutdown(poll.registry(), now);
+                            b.begin_shutdown(poll.registry(), now);
+                        }
+                    }
+                    t if a.owns(t) => a.handle_event(poll.registry(), event, now).unwrap(),
+                    t if b.owns(t) => b.handle_event(poll.registry(), event, now).unwrap(),
+                    t => panic!("event for a token nobody owns: {}", t.0),
+                }
+            }
+            a.handle_timeout(poll.registry(), now).unwrap();
+            b.handle_timeout(poll.registry(), now).unwrap();
+            if a.is_finished() && b.is_finished() {
+                break;
+            }
+        }
+        report.a = a.stats();
+        report.b = b.stats();
+        report
+    });
+
+    // Clients of both servers at once, and datagrams for the host.
+    let mut clients = Vec::new();
+    for i in 0..8u64 {
+        let addr = if i % 2 == 0 { addr_a } else { addr_b };
+        clients.push(thread::spawn(move || echo_verified(connect(addr), i, 300_000, &[1000, 70_000])));
+    }
+    let sender = StdUdp::bind("127.0.0.1:0").unwrap();
+    for i in 0..5u8 {
+        sender.send_to(&[i; 10], udp_addr).unwrap();
+    }
+    for c in clients {
+        assert_eq!(c.join().unwrap(), 300_000);
+    }
+    // Ask the host to stop: the servers shut down without any signal.
+    stop.store(true, Ordering::SeqCst);
+    waker.wake().unwrap();
+    let report = host.join().expect("host loop");
+    assert_eq!(report.a.accepted, 4);
+    assert_eq!(report.b.accepted, 4);
+    assert_eq!(report.a.bytes_in, 4 * 300_000);
+    assert_eq!(report.b.bytes_out, 4 * 300_000);
+    assert_eq!(report.a.closed_by_error + report.b.closed_by_error, 0);
+    assert_eq!(report.datagrams, 5, "the host's own datagrams all reached the host");
+    assert_eq!(report.wakes, 1);
+}
+
+#[test]
+fn counters_follow_what_happened() {
+    let mut poll = Poll::new().unwrap();
+    let config = Config {
+        max_connections: 2,
+        ..Config::default()
+    };
+    let mut server = EchoServer::new(config, Token(0));
+    let addr = server.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    server.register(poll.registry()).unwrap();
+    let mut events = Events::with_capacity(64);
+    let mut turn = |server: &mut EchoServer, poll: &mut Poll| {
+        poll.poll(&mut events, Some(Duration::from_millis(50))).unwrap();
+        let now = Instant::now();
+        for event in events.iter() {
+            server.handle_event(poll.registry(), event, now).unwrap();
+        }
+        server.handle_timeout(poll.registry(), now).unwrap();
+    };
+    let mut one = connect(addr);
+    let two = connect(addr);
+    let mut three = connect(addr);
+    one.write_all(b"12345").unwrap();
+    drop(two);
+    for _ in 0..20 {
+        turn(&mut server, &mut poll);
+    }
+    let stats = server.stats();
+    assert_eq!(stats.accepted + stats.rejected, 3);
+    assert_eq!(stats.bytes_in, 5);
+    assert_eq!(stats.bytes_out, 5);
+    assert_eq!(stats.active, stats.accepted - stats.closed_by_peer - stats.closed_by_error);
+    three.set_read_timeout(Some(Duration::from_millis(10))).unwrap();
+    // Whichever of two/three was over the limit was closed at once.
+    assert_eq!(stats.rejected, 1);
+    let before = server.stats().closed_by_peer;
+    one.shutdown(std::net::Shutdown::Write).unwrap();
+    for _ in 0..10 {
+        turn(&mut server, &mut poll);
+    }
+    assert_eq!(server.stats().closed_by_peer, before + 1);
+}
+
+#[test]
+fn the_embed_example_serves_echo_and_its_own_udp() {
+    let mut child = Command::new(example_bin("embed"))
+        .args(["--listen", "127.0.0.1:0", "--udp", "127.0.0.1:0"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run examples/embed (built by cargo test)");
+    // Lines arrive through a channel so a silent child fails the test, not hangs it.
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut next_line = || rx.recv_timeout(IO_TIMEOUT).expect("a line from the example");
+    let tcp: SocketAddr = next_line().strip_prefix("listening on ").unwrap().parse().unwrap();
+    let udp: SocketAddr = next_line().strip_prefix("udp on ").unwrap().parse().unwrap();
+    assert_eq!(echo_verified(connect(tcp), 1, 1 << 20, &[4096, 65536]), 1 << 20);
+    let socket = StdUdp::bind("127.0.0.1:0").unwrap();
+    socket.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    socket.send_to(b"hi", udp).unwrap();
+    let mut buf = [0u8; 64];
+    let (n, _) = socket.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"pong: hi");
+    // `quit` on stdin wakes the host, which shuts the server down.
+    child.stdin.take().unwrap().write_all(b"quit\n").unwrap();
+    let last = next_line();
+    assert!(last.starts_with("echo server finished"), "{last}");
+    assert!(child.wait().unwrap().success());
+}
+
+fn start_minimal() -> Server {
+    let mut cmd = Command::new(example_bin("minimal"));
+    cmd.args(["--listen", "127.0.0.1:0"]);
+    Server::spawn(cmd, 1)
+}
+
+#[test]
+fn the_minimal_example_echoes_every_byte_over_many_connections() {
+    let server = start_minimal();
+    let clients: Vec<_> = (0..50u64)
+        .map(|i| {
+            let addr = server.addr();
+            thread::spawn(move || echo_verified(connect(addr), i, 200_000 + i as usize, &[1, 1000, 100_000, 262_144]))
+        })
+        .collect();
+    for c in clients {
+        assert!(c.join().unwrap() >= 200_000);
+    }
+    assert_eq!(echo_verified(connect(server.addr()), 9, 16 << 20, &[65536]), 16 << 20);
+}
+
+#[test]
+fn the_minimal_example_flushes_before_its_fin() {
+    let server = start_minimal();
+    let mut stream = connect(server.addr());
+    let total = 2 << 20;
+    let writer = stream.try_clone().unwrap();
+    let sender = thread::spawn(move || {
+        let mut writer = writer;
+        let mut data = vec![0u8; total];
+        Pattern::new(4).fill(&mut data);
+        writer.write_all(&data).unwrap();
+        finish_sending(&writer);
+    });
+    thread::sleep(Duration::from_millis(200));
+    assert_eq!(read_verified(&stream, 4, total), total);
+    sender.join().unwrap();
+    assert!(read_to_end(&mut stream).is_empty());
+}
