@@ -47,7 +47,8 @@ fn main() -> io::Result<()> {
 
     // The host's own sources share the same Poll.
     let mut udp = UdpSocket::bind(udp_addr)?;
-    poll.registry().register(&mut udp, UDP, Interest::READABLE)?;
+    poll.registry()
+        .register(&mut udp, UDP, Interest::READABLE)?;
     // The host keeps its own handle: if the last one were dropped by the
     // thread, the eventfd would close and the wake-up could be lost.
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
@@ -139,6 +140,10 @@ fn arg(flag: &str, default: &str) -> io::Result<SocketAddr> {
         .position(|a| a == flag)
         .and_then(|i| args.get(i + 1))
         .map_or(default, String::as_str);
-    text.parse()
-        .map_err(|_| io::Error::new(ErrorKind::InvalidInput, format!("{flag}: '{text}' is not IP:PORT")))
+    text.parse().map_err(|_| {
+        io::Error::new(
+            ErrorKind::InvalidInput,
+            format!("{flag}: '{text}' is not IP:PORT"),
+        )
+    })
 }

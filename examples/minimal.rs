@@ -27,7 +27,8 @@ fn main() -> io::Result<()> {
     let addr = listen_arg()?;
     let mut poll = Poll::new()?;
     let mut listener = TcpListener::bind(addr)?;
-    poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+    poll.registry()
+        .register(&mut listener, LISTENER, Interest::READABLE)?;
     println!("listening on {}", listener.local_addr()?);
 
     let mut conns: Slab<Conn> = Slab::new();
@@ -48,8 +49,16 @@ fn main() -> io::Result<()> {
                         Ok((mut stream, _)) => {
                             let entry = conns.vacant_entry();
                             let token = Token(entry.key());
-                            if poll.registry().register(&mut stream, token, Interest::READABLE).is_ok() {
-                                entry.insert(Conn { stream, pending: Vec::new(), peer_done: false });
+                            if poll
+                                .registry()
+                                .register(&mut stream, token, Interest::READABLE)
+                                .is_ok()
+                            {
+                                entry.insert(Conn {
+                                    stream,
+                                    pending: Vec::new(),
+                                    peer_done: false,
+                                });
                             }
                         }
                         Err(e) if e.kind() == ErrorKind::WouldBlock => break,
@@ -67,7 +76,9 @@ fn main() -> io::Result<()> {
             // Events are hints: this one may be for a connection closed earlier
             // in this batch (skip it) or whose key was reused (driving the new
             // connection once more is harmless: drive() tolerates no data).
-            let Some(conn) = conns.get_mut(key) else { continue };
+            let Some(conn) = conns.get_mut(key) else {
+                continue;
+            };
             let was_writing = !conn.pending.is_empty();
             let mut keep = drive(conn, &mut buf).unwrap_or(false);
             // WRITABLE only while something is pending; otherwise every idle
@@ -75,8 +86,15 @@ fn main() -> io::Result<()> {
             // also stop reading: that is backpressure.
             let writing = !conn.pending.is_empty();
             if keep && writing != was_writing {
-                let interest = if writing { Interest::WRITABLE } else { Interest::READABLE };
-                keep = poll.registry().reregister(&mut conn.stream, event.token(), interest).is_ok();
+                let interest = if writing {
+                    Interest::WRITABLE
+                } else {
+                    Interest::READABLE
+                };
+                keep = poll
+                    .registry()
+                    .reregister(&mut conn.stream, event.token(), interest)
+                    .is_ok();
             }
             if !keep {
                 // Finished or failed: only this connection is closed.
@@ -142,7 +160,12 @@ fn listen_arg() -> io::Result<SocketAddr> {
     let text = match args.as_slice() {
         [] => "127.0.0.1:7007",
         [flag, addr] if flag == "--listen" => addr,
-        _ => return Err(io::Error::new(ErrorKind::InvalidInput, "usage: minimal [--listen IP:PORT]")),
+        _ => {
+            return Err(io::Error::new(
+                ErrorKind::InvalidInput,
+                "usage: minimal [--listen IP:PORT]",
+            ))
+        }
     };
     text.parse()
         .map_err(|_| io::Error::new(ErrorKind::InvalidInput, format!("'{text}' is not IP:PORT")))

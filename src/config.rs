@@ -108,9 +108,7 @@ impl Config {
             }
         }
         if self.max_connections > MAX_CONNECTIONS {
-            return Err(format!(
-                "max_connections must be at most {MAX_CONNECTIONS}"
-            ));
+            return Err(format!("max_connections must be at most {MAX_CONNECTIONS}"));
         }
         Ok(())
     }
@@ -132,7 +130,7 @@ pub fn open_files_limit() -> Option<u64> {
     };
     // SAFETY: getrlimit writes into the struct we pass and keeps no pointer.
     let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
-    (rc == 0 && limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur as u64)
+    (rc == 0 && limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur)
 }
 
 /// Default connection limit: the open-files limit minus a reserve of
@@ -157,7 +155,8 @@ pub fn raise_open_files_limit() -> Option<u64> {
     };
     // SAFETY: getrlimit and setrlimit read or write only the struct we pass.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
             limit.rlim_cur = limit.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }

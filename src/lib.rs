@@ -1,8 +1,88 @@
-//! echoloop: a TCP echo server on one hand-written mio readiness loop.
+//! echoloop: a TCP echo server (RFC 862) on one hand-written, single-threaded
+//! mio readiness loop.
+//!
+//! Every byte received on a connection goes back on that connection, in
+//! order, nothing lost and nothing duplicated. The crate is small on purpose:
+//! it is a benchmark target, a teaching example of non-blocking I/O, and a
+//! guest that programs with their own `mio::Poll` can host.
+//!
+//! # Embed it or run the binary?
+//!
+//! * **Run the binary** (`cargo run --release -- --listen 127.0.0.1:7007`) to
+//!   point a load generator at it or to read the loop. It owns a `Poll`, the
+//!   signals and the logger, and is itself just one host of this API.
+//! * **Embed [`EchoServer`]** when your program already runs a `mio::Poll`:
+//!   give it a base token, route the events it [`owns`](EchoServer::owns) to
+//!   [`handle_event`](EchoServer::handle_event), sleep no longer than
+//!   [`poll_timeout`](EchoServer::poll_timeout), and call
+//!   [`handle_timeout`](EchoServer::handle_timeout) once per turn. It never
+//!   creates a `Poll`, a `Waker` or a thread and keeps no global state;
+//!   `examples/embed.rs` runs it beside a UDP socket, a waker and a timer.
+//! * **Learn from `examples/minimal.rs`** first: the same loop in about 150
+//!   lines with nothing but mio and slab.
+//!
+//! # The loop, step by step
+//!
+//! ```text
+//!            +-----------------------------------------------+
+//!  poll() -->| events (hints)                                |
+//!            |   listener token  -> accept until WouldBlock  |
+//!            |                      (or accepts_per_turn)    |
+//!            |   connection token -> Connection::drive       |
+//!            +-----------------------------------------------+
+//!
+//!  Connection::drive, with the loop's one read buffer lent to it:
+//!
+//!   socket --read--> [ shared 64 KiB read buffer ] --write--> socket
+//!                              |  what the socket would not take
+//!                              v
+//!                    [ this connection's pending buffer ]  (exists only
+//!                              |                            while non-empty)
+//!                              +--flush on WRITABLE--> socket
+//! ```
+//!
+//! 1. `poll` returns readiness events. They are hints: a connection is driven
+//!    in both directions until each would block, so a spurious event costs at
+//!    most one failed read, and a stale one (for a connection closed earlier in
+//!    the batch, its slab slot maybe reused) is recognised by the generation in
+//!    its token and ignored ([`token`]).
+//! 2. A listener event accepts connections until `WouldBlock` or the per-turn
+//!    limit; each new socket gets `TCP_NODELAY` and READABLE interest.
+//! 3. A connection event runs [`Connection::drive`]: flush pending bytes, then
+//!    read into the shared buffer and write each chunk straight back. Only the
+//!    bytes the socket would not take are copied into a pending buffer, and
+//!    only then is WRITABLE interest registered.
+//! 4. Interest is derived from state and re-registered only when it changes.
+//! 5. After the events, [`EchoServer::handle_timeout`] serves connections that
+//!    used their read budget, accepts left over, idle deadlines and the
+//!    shutdown deadline; [`EchoServer::poll_timeout`] said how long to sleep.
+//!
+//! # Rules of readiness I/O this crate follows
+//!
+//! * Readiness is edge-triggered: an event says "something changed", once. So
+//!   read (and accept) until `WouldBlock`, or you may never hear of the rest.
+//!   On Linux a short read of a stream socket already proves the queue empty.
+//! * `WouldBlock` means "done for now", `Interrupted` means "try again".
+//! * A write may take only part of the buffer: keep the rest, in order.
+//! * Ask for WRITABLE only while something is pending, or every idle socket
+//!   wakes the loop.
+//! * Stop reading when too much is pending (backpressure): TCP flow control
+//!   then slows the sender, and memory stays bounded.
+//! * A read of 0 bytes is the peer's FIN: deliver what is pending, then shut
+//!   down the write side.
+//! * Deregister before closing, in one place.
+//!
+//! # What it deliberately does not do
+//!
+//! No threads, no async runtime, no TLS, no UDP echo, no protocol beyond
+//! bytes-in-bytes-out, no configuration files. Scaling over cores is left to
+//! running several processes (with `SO_REUSEPORT` on an adopted listener).
 #![deny(missing_docs)]
 
 pub mod config;
 pub mod connection;
+#[cfg(any(test, feature = "scripted"))]
+pub mod scripted;
 pub mod server;
 pub mod token;
 

@@ -118,8 +118,8 @@ fn run(args: Args) -> Result<(), String> {
     server
         .register(poll.registry())
         .map_err(|e| format!("cannot register listeners: {e}"))?;
-    let mut signals =
-        Signals::new([SIGINT, SIGTERM, SIGUSR1]).map_err(|e| format!("cannot set up signals: {e}"))?;
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGUSR1])
+        .map_err(|e| format!("cannot set up signals: {e}"))?;
     poll.registry()
         .register(&mut signals, SIGNALS, Interest::READABLE)
         .map_err(|e| format!("cannot register signals: {e}"))?;
@@ -133,7 +133,9 @@ fn run(args: Args) -> Result<(), String> {
         config.max_pending,
         config.budget,
         config.accepts_per_turn,
-        config.idle_timeout.map_or("off".to_string(), |t| format!("{t:?}")),
+        config
+            .idle_timeout
+            .map_or("off".to_string(), |t| format!("{t:?}")),
         config.shutdown_timeout,
     );
 
@@ -142,7 +144,10 @@ fn run(args: Args) -> Result<(), String> {
     loop {
         let now = Instant::now();
         let stats_due = next_stats.map(|at| at.saturating_duration_since(now));
-        let timeout = [server.poll_timeout(now), stats_due].into_iter().flatten().min();
+        let timeout = [server.poll_timeout(now), stats_due]
+            .into_iter()
+            .flatten()
+            .min();
         if let Err(err) = poll.poll(&mut events, timeout) {
             if err.kind() == io::ErrorKind::Interrupted {
                 continue;
@@ -212,7 +217,11 @@ fn parse_bytes(text: &str) -> Result<usize, String> {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1024,
         "m" | "mb" | "mib" => 1024 * 1024,
-        _ => return Err(format!("'{text}' is not a byte count (examples: 65536, 64K, 1M)")),
+        _ => {
+            return Err(format!(
+                "'{text}' is not a byte count (examples: 65536, 64K, 1M)"
+            ))
+        }
     };
     let n: usize = digits
         .parse()
@@ -228,7 +237,8 @@ fn parse_secs(text: &str) -> Result<Duration, String> {
     let secs: f64 = text
         .parse()
         .map_err(|_| format!("'{text}' is not a number of seconds"))?;
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("'{text}' is not a usable number of seconds"))
+    Duration::try_from_secs_f64(secs)
+        .map_err(|_| format!("'{text}' is not a usable number of seconds"))
 }
 
 fn parse_secs_positive(text: &str) -> Result<Duration, String> {

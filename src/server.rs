@@ -352,7 +352,12 @@ impl EchoServer {
     ///
     /// # Errors
     /// Only a listener's failure; a connection's failure closes it.
-    pub fn handle_event(&mut self, registry: &Registry, event: &Event, now: Instant) -> io::Result<()> {
+    pub fn handle_event(
+        &mut self,
+        registry: &Registry,
+        event: &Event,
+        now: Instant,
+    ) -> io::Result<()> {
         self.handle_token(registry, event.token(), now)
     }
 
@@ -389,11 +394,15 @@ impl EchoServer {
             .idle
             .peek()
             .map(|Reverse(check)| self.epoch + Duration::from_millis(check.due_ms));
-        [self.backoff.as_ref().map(|b| b.until), idle, self.shutdown_deadline]
-            .into_iter()
-            .flatten()
-            .min()
-            .map(|due| due.saturating_duration_since(now))
+        [
+            self.backoff.as_ref().map(|b| b.until),
+            idle,
+            self.shutdown_deadline,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|due| due.saturating_duration_since(now))
     }
 
     /// Does the work that is due at `now`: connections that yielded their
@@ -420,7 +429,10 @@ impl EchoServer {
         }
         self.accept_due(registry, now)?;
         self.close_idle(registry, now);
-        if self.shutdown_deadline.is_some_and(|deadline| now >= deadline) {
+        if self
+            .shutdown_deadline
+            .is_some_and(|deadline| now >= deadline)
+        {
             let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
             if !keys.is_empty() {
                 info!("shutdown timeout: closing {} connections", keys.len());
@@ -513,7 +525,13 @@ impl EchoServer {
         Ok(Accepted::Limit)
     }
 
-    fn admit(&mut self, registry: &Registry, mut stream: TcpStream, peer: SocketAddr, now: Instant) {
+    fn admit(
+        &mut self,
+        registry: &Registry,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        now: Instant,
+    ) {
         if self.conns.len() >= self.config.max_connections || self.shutdown_deadline.is_some() {
             self.stats.rejected += 1;
             if !self.over_limit_warned {
@@ -659,7 +677,10 @@ impl EchoServer {
                 backoff.delay = (backoff.delay * 2).min(BACKOFF_MAX);
                 backoff.until = now + backoff.delay;
                 backoff.retry_now = false;
-                debug!("accept: still out of descriptors, next try in {:?}", backoff.delay);
+                debug!(
+                    "accept: still out of descriptors, next try in {:?}",
+                    backoff.delay
+                );
             }
             None => {
                 warn!(
@@ -804,7 +825,9 @@ mod tests {
         let before = server.stats().accepted;
         for _ in 0..1000 {
             let listener = server.tokens.listener(0);
-            server.handle_token(poll.registry(), listener, Instant::now()).unwrap();
+            server
+                .handle_token(poll.registry(), listener, Instant::now())
+                .unwrap();
             if server.stats().accepted > before {
                 break;
             }
@@ -830,11 +853,15 @@ mod tests {
         b.write_all(b"for b only").unwrap();
         std::thread::sleep(Duration::from_millis(50));
         // The event queued for A arrives now: it must not touch B.
-        server.handle_token(poll.registry(), token_a, Instant::now()).unwrap();
+        server
+            .handle_token(poll.registry(), token_a, Instant::now())
+            .unwrap();
         assert_eq!(server.stats().bytes_in, 0, "stale event drove the newcomer");
         assert_eq!(server.stats().active, 1);
         // B's own event echoes B's bytes.
-        server.handle_token(poll.registry(), token_b, Instant::now()).unwrap();
+        server
+            .handle_token(poll.registry(), token_b, Instant::now())
+            .unwrap();
         assert_eq!(server.stats().bytes_in, 10);
     }
 
@@ -844,14 +871,20 @@ mod tests {
         let (mut server, _) = server_with_listener(&poll);
         assert!(!server.owns(Token(99)));
         assert!(server.owns(Token(100)));
-        server.handle_token(poll.registry(), Token(5), Instant::now()).unwrap();
+        server
+            .handle_token(poll.registry(), Token(5), Instant::now())
+            .unwrap();
         assert_eq!(server.stats(), Stats::default());
     }
 
     #[test]
     fn slab_entry_is_small() {
         let entry = std::mem::size_of::<Connection<TcpStream>>();
-        println!("connection {entry} bytes, stream {}, slab entry {}", std::mem::size_of::<TcpStream>(), std::mem::size_of::<Slab<Connection<TcpStream>>>());
+        println!(
+            "connection {entry} bytes, stream {}, slab entry {}",
+            std::mem::size_of::<TcpStream>(),
+            std::mem::size_of::<Slab<Connection<TcpStream>>>()
+        );
         // mio adds a selector id to each socket in debug builds only.
         let limit = if cfg!(debug_assertions) { 32 } else { 24 };
         assert!(entry <= limit, "connection grew to {entry} bytes");

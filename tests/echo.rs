@@ -27,9 +27,15 @@ fn random_chunks_over_many_connections_echo_every_byte() {
                 })
                 .collect();
             // Fewer bytes per connection when there are many of them.
-            let total = if conns > 50 { 96 * 1024 } else { 2 * 1024 * 1024 } + c;
+            let total = if conns > 50 {
+                96 * 1024
+            } else {
+                2 * 1024 * 1024
+            } + c;
             let stream = connect(addr);
-            clients.push(thread::spawn(move || echo_verified(stream, seed, total, &sizes)));
+            clients.push(thread::spawn(move || {
+                echo_verified(stream, seed, total, &sizes)
+            }));
         }
         for client in clients {
             assert!(client.join().expect("client") > 0);
@@ -111,7 +117,9 @@ fn connection_limit_closes_extra_connections_and_serves_the_rest() {
         ping(c, format!("hello {i}").as_bytes());
     }
     let mut extra = connect(addr);
-    extra.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    extra
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     let _ = extra.write_all(b"anyone?");
     assert!(sees_close(&mut extra), "the 4th connection was not closed");
     for c in kept.iter_mut() {
@@ -182,10 +190,16 @@ fn sigterm_flushes_in_flight_data_and_exits_zero() {
     server.signal(libc::SIGTERM);
     assert_eq!(read_verified(&busy, 11, total), total);
     sender.join().unwrap();
-    assert_eq!(read_to_end(&mut busy), Vec::<u8>::new(), "orderly FIN after the echo");
+    assert_eq!(
+        read_to_end(&mut busy),
+        Vec::<u8>::new(),
+        "orderly FIN after the echo"
+    );
     let mut idle = idle;
     assert!(sees_close(&mut idle));
-    let status = server.wait_for_exit(Duration::from_secs(15)).expect("server did not exit");
+    let status = server
+        .wait_for_exit(Duration::from_secs(15))
+        .expect("server did not exit");
     assert_eq!(status.code(), Some(0));
     // New connections are refused after shutdown.
     assert!(std::net::TcpStream::connect(addr).is_err());
@@ -204,7 +218,9 @@ fn shutdown_timeout_bounds_a_client_that_never_reads() {
     });
     thread::sleep(Duration::from_millis(300));
     server.signal(libc::SIGINT);
-    let status = server.wait_for_exit(Duration::from_secs(10)).expect("server did not exit");
+    let status = server
+        .wait_for_exit(Duration::from_secs(10))
+        .expect("server did not exit");
     assert_eq!(status.code(), Some(0));
     assert!(server.log_contains("shutdown complete"));
 }

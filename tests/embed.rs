@@ -32,11 +32,16 @@ fn two_servers_share_one_poll_and_host_events_are_untouched() {
     let mut poll = Poll::new().unwrap();
     let mut a = EchoServer::new(Config::default(), Token(2));
     let mut b = EchoServer::new(Config::default(), Token(2 + TOKEN_SPAN));
-    assert!(a.token_range().end <= b.token_range().start, "ranges overlap");
+    assert!(
+        a.token_range().end <= b.token_range().start,
+        "ranges overlap"
+    );
     let addr_a = a.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     // B adopts a listener the host bound itself, with its own backlog.
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+    socket
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
     socket.listen(16).unwrap();
     socket.set_nonblocking(true).unwrap();
     let addr_b = b.adopt(TcpListener::from_std(socket.into())).unwrap();
@@ -45,26 +50,41 @@ fn two_servers_share_one_poll_and_host_events_are_untouched() {
 
     let mut udp = UdpSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let udp_addr = udp.local_addr().unwrap();
-    poll.registry().register(&mut udp, HOST_UDP, Interest::READABLE).unwrap();
+    poll.registry()
+        .register(&mut udp, HOST_UDP, Interest::READABLE)
+        .unwrap();
     let waker = Arc::new(Waker::new(poll.registry(), HOST_WAKER).unwrap());
     let stop = Arc::new(AtomicBool::new(false));
 
     let host_stop = stop.clone();
     let host = thread::spawn(move || {
         let mut events = Events::with_capacity(256);
-        let mut report = HostReport { a: Stats::default(), b: Stats::default(), datagrams: 0, wakes: 0 };
+        let mut report = HostReport {
+            a: Stats::default(),
+            b: Stats::default(),
+            datagrams: 0,
+            wakes: 0,
+        };
         let give_up = Instant::now() + Duration::from_secs(60);
         while Instant::now() < give_up {
             let now = Instant::now();
-            let timeout = [a.poll_timeout(now), b.poll_timeout(now), Some(Duration::from_millis(100))]
-                .into_iter()
-                .flatten()
-                .min();
+            let timeout = [
+                a.poll_timeout(now),
+                b.poll_timeout(now),
+                Some(Duration::from_millis(100)),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             poll.poll(&mut events, timeout).unwrap();
             let now = Instant::now();
             for event in events.iter() {
                 let token = event.token();
-                assert!(!(a.owns(token) && b.owns(token)), "token {} owned twice", token.0);
+                assert!(
+                    !(a.owns(token) && b.owns(token)),
+                    "token {} owned twice",
+                    token.0
+                );
                 match token {
                     HOST_UDP => {
                         let mut buf = [0u8; 64];
@@ -99,7 +119,9 @@ fn two_servers_share_one_poll_and_host_events_are_untouched() {
     let mut clients = Vec::new();
     for i in 0..8u64 {
         let addr = if i % 2 == 0 { addr_a } else { addr_b };
-        clients.push(thread::spawn(move || echo_verified(connect(addr), i, 300_000, &[1000, 70_000])));
+        clients.push(thread::spawn(move || {
+            echo_verified(connect(addr), i, 300_000, &[1000, 70_000])
+        }));
     }
     let sender = StdUdp::bind("127.0.0.1:0").unwrap();
     for i in 0..5u8 {
@@ -117,7 +139,10 @@ fn two_servers_share_one_poll_and_host_events_are_untouched() {
     assert_eq!(report.a.bytes_in, 4 * 300_000);
     assert_eq!(report.b.bytes_out, 4 * 300_000);
     assert_eq!(report.a.closed_by_error + report.b.closed_by_error, 0);
-    assert_eq!(report.datagrams, 5, "the host's own datagrams all reached the host");
+    assert_eq!(
+        report.datagrams, 5,
+        "the host's own datagrams all reached the host"
+    );
     assert_eq!(report.wakes, 1);
 }
 
@@ -133,7 +158,8 @@ fn counters_follow_what_happened() {
     server.register(poll.registry()).unwrap();
     let mut events = Events::with_capacity(64);
     let mut turn = |server: &mut EchoServer, poll: &mut Poll| {
-        poll.poll(&mut events, Some(Duration::from_millis(50))).unwrap();
+        poll.poll(&mut events, Some(Duration::from_millis(50)))
+            .unwrap();
         let now = Instant::now();
         for event in events.iter() {
             server.handle_event(poll.registry(), event, now).unwrap();
@@ -142,7 +168,7 @@ fn counters_follow_what_happened() {
     };
     let mut one = connect(addr);
     let two = connect(addr);
-    let mut three = connect(addr);
+    let three = connect(addr);
     one.write_all(b"12345").unwrap();
     drop(two);
     for _ in 0..20 {
@@ -152,8 +178,13 @@ fn counters_follow_what_happened() {
     assert_eq!(stats.accepted + stats.rejected, 3);
     assert_eq!(stats.bytes_in, 5);
     assert_eq!(stats.bytes_out, 5);
-    assert_eq!(stats.active, stats.accepted - stats.closed_by_peer - stats.closed_by_error);
-    three.set_read_timeout(Some(Duration::from_millis(10))).unwrap();
+    assert_eq!(
+        stats.active,
+        stats.accepted - stats.closed_by_peer - stats.closed_by_error
+    );
+    three
+        .set_read_timeout(Some(Duration::from_millis(10)))
+        .unwrap();
     // Whichever of two/three was over the limit was closed at once.
     assert_eq!(stats.rejected, 1);
     let before = server.stats().closed_by_peer;
@@ -181,10 +212,24 @@ fn the_embed_example_serves_echo_and_its_own_udp() {
             let _ = tx.send(line);
         }
     });
-    let mut next_line = || rx.recv_timeout(IO_TIMEOUT).expect("a line from the example");
-    let tcp: SocketAddr = next_line().strip_prefix("listening on ").unwrap().parse().unwrap();
-    let udp: SocketAddr = next_line().strip_prefix("udp on ").unwrap().parse().unwrap();
-    assert_eq!(echo_verified(connect(tcp), 1, 1 << 20, &[4096, 65536]), 1 << 20);
+    let next_line = || {
+        rx.recv_timeout(IO_TIMEOUT)
+            .expect("a line from the example")
+    };
+    let tcp: SocketAddr = next_line()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let udp: SocketAddr = next_line()
+        .strip_prefix("udp on ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        echo_verified(connect(tcp), 1, 1 << 20, &[4096, 65536]),
+        1 << 20
+    );
     let socket = StdUdp::bind("127.0.0.1:0").unwrap();
     socket.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     socket.send_to(b"hi", udp).unwrap();
@@ -210,13 +255,23 @@ fn the_minimal_example_echoes_every_byte_over_many_connections() {
     let clients: Vec<_> = (0..50u64)
         .map(|i| {
             let addr = server.addr();
-            thread::spawn(move || echo_verified(connect(addr), i, 200_000 + i as usize, &[1, 1000, 100_000, 262_144]))
+            thread::spawn(move || {
+                echo_verified(
+                    connect(addr),
+                    i,
+                    200_000 + i as usize,
+                    &[1, 1000, 100_000, 262_144],
+                )
+            })
         })
         .collect();
     for c in clients {
         assert!(c.join().unwrap() >= 200_000);
     }
-    assert_eq!(echo_verified(connect(server.addr()), 9, 16 << 20, &[65536]), 16 << 20);
+    assert_eq!(
+        echo_verified(connect(server.addr()), 9, 16 << 20, &[65536]),
+        16 << 20
+    );
 }
 
 #[test]

@@ -58,17 +58,25 @@ fn out_of_descriptors_backs_off_without_spinning_and_recovers() {
         c.write_all(&[i]).unwrap();
         clients.push(c);
     }
-    assert!(server.log_contains("out of descriptors"), "{}", server.stderr());
+    assert!(
+        server.log_contains("out of descriptors"),
+        "{}",
+        server.stderr()
+    );
     // Saturated: the server must sleep, not spin on accept.
     let before = server.cpu_time();
     thread::sleep(Duration::from_secs(2));
     let used = server.cpu_time() - before;
-    assert!(used < Duration::from_millis(300), "server burned {used:?} of CPU while out of descriptors");
+    assert!(
+        used < Duration::from_millis(300),
+        "server burned {used:?} of CPU while out of descriptors"
+    );
     // Find which clients were served: their byte came back.
     let mut served = Vec::new();
     let mut waiting = Vec::new();
     for (i, mut c) in clients.into_iter().enumerate() {
-        c.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        c.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
         let mut b = [0u8; 1];
         match c.read(&mut b) {
             Ok(1) => {
@@ -78,13 +86,19 @@ fn out_of_descriptors_backs_off_without_spinning_and_recovers() {
             _ => waiting.push((i, c)),
         }
     }
-    assert!(!served.is_empty() && !waiting.is_empty(), "{} served, {} waiting", served.len(), waiting.len());
+    assert!(
+        !served.is_empty() && !waiting.is_empty(),
+        "{} served, {} waiting",
+        served.len(),
+        waiting.len()
+    );
     // Closing served clients frees descriptors: waiting ones get served.
     served.truncate(served.len().saturating_sub(10));
     for (i, c) in waiting.iter_mut().take(5) {
         c.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
         let mut b = [0u8; 1];
-        c.read_exact(&mut b).expect("a waiting client was never served");
+        c.read_exact(&mut b)
+            .expect("a waiting client was never served");
         assert_eq!(b[0], *i as u8);
     }
     fresh_stats(&server);
@@ -135,13 +149,17 @@ fn a_flooding_client_does_not_starve_ping_pong_clients() {
         })
         .collect();
     for p in pingers {
-        p.join().expect("a ping-pong client failed while another flooded");
+        p.join()
+            .expect("a ping-pong client failed while another flooded");
     }
     stop.store(true, Ordering::Relaxed);
     writer.join().unwrap();
     reader.join().unwrap();
     fresh_stats(&server);
-    assert!(counter(&server, "budget_yields") > 0, "the flood never yielded its turn");
+    assert!(
+        counter(&server, "budget_yields") > 0,
+        "the flood never yielded its turn"
+    );
 }
 
 #[test]

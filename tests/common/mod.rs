@@ -59,7 +59,9 @@ impl Server {
 
     /// Spawns `cmd` and waits for `listeners` lines `listening on IP:PORT`.
     pub fn spawn(mut cmd: Command, listeners: usize) -> Server {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null());
         let mut child = cmd.spawn().expect("start server");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
@@ -86,7 +88,9 @@ impl Server {
         while addrs.len() < listeners {
             let line = rx
                 .recv_timeout(Duration::from_secs(20))
-                .unwrap_or_else(|_| panic!("no 'listening on' line; stderr: {}", stderr.lock().unwrap()));
+                .unwrap_or_else(|_| {
+                    panic!("no 'listening on' line; stderr: {}", stderr.lock().unwrap())
+                });
             let addr = line
                 .strip_prefix("listening on ")
                 .unwrap_or_else(|| panic!("unexpected stdout line {line:?}"));
@@ -156,8 +160,12 @@ impl Server {
 
     /// Resident memory of the process in bytes, from /proc.
     pub fn rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("status");
-        let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("status");
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .expect("VmRSS");
         let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
         kb * 1024
     }
