@@ -12,7 +12,9 @@ use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 use signal_hook_mio::v1_0::Signals;
 
-use echoloop::config::{self, DEFAULT_ACCEPTS_PER_TURN, DEFAULT_BUDGET, DEFAULT_MAX_PENDING};
+use echoloop::config::{
+    self, DEFAULT_ACCEPTS_PER_TURN, DEFAULT_BUDGET, DEFAULT_MAX_PENDING, DEFAULT_READ_BUFFER,
+};
 use echoloop::{Config, EchoServer};
 
 /// The host's own token; the echo server's tokens start right after it.
@@ -70,6 +72,11 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_ACCEPTS_PER_TURN, value_parser = parse_positive)]
     accepts_per_turn: usize,
 
+    /// Size of the one read buffer all connections share. Accepts K/M
+    /// suffixes.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_READ_BUFFER, value_parser = parse_bytes)]
+    read_buffer: usize,
+
     /// Bytes one connection may read per loop turn before the others are
     /// served (fairness). Accepts K/M suffixes.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_BUDGET, value_parser = parse_bytes)]
@@ -96,10 +103,10 @@ fn run(args: Args) -> Result<(), String> {
             .unwrap_or_else(config::default_max_connections),
         max_pending: args.max_pending,
         budget: args.budget,
+        read_buffer: args.read_buffer,
         accepts_per_turn: args.accepts_per_turn,
         idle_timeout: args.idle_timeout,
         shutdown_timeout: args.shutdown_timeout,
-        ..Config::default()
     };
     config.validate()?;
 

@@ -118,7 +118,10 @@ pub fn drive_checked(
         }
         let pending = conn.pending_len();
         if pending > limits.max_pending {
-            return Err(format!("{pending} bytes pending, cap {}", limits.max_pending));
+            return Err(format!(
+                "{pending} bytes pending, cap {}",
+                limits.max_pending
+            ));
         }
         let reading = !conn.read_closed() && !conn.is_paused() && !conn.is_done();
         let wanted = conn.wanted();
@@ -139,10 +142,17 @@ pub fn drive_checked(
     let done = conn.is_done();
     let stream = conn.stream_mut();
     if stream.output != stream.input {
-        return Err(format!("echoed {} of {} bytes", stream.output.len(), stream.input.len()));
+        return Err(format!(
+            "echoed {} of {} bytes",
+            stream.output.len(),
+            stream.input.len()
+        ));
     }
     if done != stream.eof || stream.shut != stream.eof {
-        return Err(format!("done={done} shut={} eof={}", stream.shut, stream.eof));
+        return Err(format!(
+            "done={done} shut={} eof={}",
+            stream.shut, stream.eof
+        ));
     }
     Ok(())
 }

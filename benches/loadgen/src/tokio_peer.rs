@@ -1,0 +1,42 @@
+//! The peer users would pick instead of echoloop: a tokio `current_thread`
+//! echo server, one task per connection with a 4 KiB buffer each, written
+//! the way tokio's own echo example is.
+
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// Binds `addr`, prints `listening on IP:PORT` and serves forever.
+pub fn serve(addr: SocketAddr) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = TcpListener::bind(addr).await?;
+        println!("listening on {}", listener.local_addr()?);
+        loop {
+            let (mut socket, _) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    eprintln!("tokio-echo: accept failed: {e}");
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+            };
+            let _ = socket.set_nodelay(true);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                loop {
+                    let n = match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    if socket.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    })
+}
