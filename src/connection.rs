@@ -37,6 +37,8 @@ impl HalfClose for mio::net::TcpStream {
 /// edge. Treating a short read as "drained" saves one `read` returning `EAGAIN`
 /// per message: 2 syscalls per echoed message instead of 3 (see the
 /// `syscalls` figure in the README). Elsewhere we read until `WouldBlock`.
+/// One exception: a FIN queued behind the data raises no new edge, so once the
+/// event said the peer closed ([`Connection::peer_closing`]) we read on to 0.
 const SHORT_READ_DRAINS: bool = cfg!(target_os = "linux");
 
 /// Spare pending buffers kept for reuse, so that a steady stream of partial
@@ -150,6 +152,7 @@ pub struct Progress {
 const READ_CLOSED: u8 = 1; // the peer sent FIN: read returned 0
 const PAUSED: u8 = 2; // backpressure: too much pending, reads stopped
 const WRITE_SHUT: u8 = 4; // we shut down our write half
+const FIN_QUEUED: u8 = 8; // an event said the peer closed: read on to 0
 
 /// One peer's echo state.
 ///
@@ -206,6 +209,14 @@ impl<S: Read + Write + HalfClose> Connection<S> {
     /// True once the peer has half-closed (a read returned 0).
     pub fn read_closed(&self) -> bool {
         self.flags & READ_CLOSED != 0
+    }
+
+    /// Notes that a readiness event reported the peer's FIN (mio's
+    /// `is_read_closed`). The FIN may sit behind data in the receive queue,
+    /// and it raises no further edge, so from now on reads continue until
+    /// they return 0 instead of stopping at a short read.
+    pub fn peer_closing(&mut self) {
+        self.flags |= FIN_QUEUED;
     }
 
     /// True while reading is paused by backpressure.
@@ -318,7 +329,7 @@ impl<S: Read + Write + HalfClose> Connection<S> {
                 self.pause(&mut progress);
                 break;
             }
-            if SHORT_READ_DRAINS && n < want {
+            if SHORT_READ_DRAINS && n < want && self.flags & FIN_QUEUED == 0 {
                 progress.drained = true;
                 break;
             }
@@ -542,6 +553,20 @@ mod tests {
         conn.drive(&mut scratch, &LIMITS).unwrap();
         assert!(conn.is_done());
         assert_eq!(conn.stream.output, b"data");
+    }
+
+    #[test]
+    fn issue_2_fin_queued_behind_data_is_read() {
+        // Data and FIN arrived together: one edge, and the short read that
+        // returns the data must not end reading before the FIN is seen.
+        let mut conn = conn_with(b"last words");
+        conn.stream.eof = true;
+        conn.peer_closing();
+        let mut scratch = Scratch::new(64);
+        conn.drive(&mut scratch, &LIMITS).unwrap();
+        assert!(conn.read_closed());
+        assert!(conn.is_done());
+        assert_eq!(conn.stream.output, b"last words");
     }
 
     #[test]

@@ -358,7 +358,29 @@ impl EchoServer {
         event: &Event,
         now: Instant,
     ) -> io::Result<()> {
+        trace!(
+            "token {}: readable={} writable={} read_closed={}",
+            event.token().0,
+            event.is_readable(),
+            event.is_writable(),
+            event.is_read_closed(),
+        );
+        if event.is_read_closed() {
+            self.note_peer_closing(event.token());
+        }
         self.handle_token(registry, event.token(), now)
+    }
+
+    // The event carried the peer's FIN: remember it on the connection, since
+    // no further edge will announce it (see `Connection::peer_closing`).
+    fn note_peer_closing(&mut self, token: Token) {
+        if let Some(Target::Connection { key, generation }) = self.tokens.decode(token) {
+            if let Some(conn) = self.conns.get_mut(key) {
+                if conn.generation == generation {
+                    conn.peer_closing();
+                }
+            }
+        }
     }
 
     fn handle_token(&mut self, registry: &Registry, token: Token, now: Instant) -> io::Result<()> {
@@ -589,6 +611,10 @@ impl EchoServer {
                 return self.close(registry, key, Reason::Error);
             }
         };
+        trace!(
+            "connection {key}: {progress:?}, {} pending",
+            self.conns[key].pending_len()
+        );
         self.count(&progress);
         if progress.bytes_in + progress.bytes_out > 0 && self.config.idle_timeout.is_some() {
             let now_ms = self.millis(now) as u32;

@@ -298,3 +298,17 @@ fn help_explains_every_option() {
     }
     assert!(help.contains("default"));
 }
+
+#[test]
+fn issue_2_data_and_fin_arriving_together_are_both_handled() {
+    // Data immediately followed by FIN often reaches the server as one edge;
+    // the short read that returns the data must not hide the FIN.
+    let server = Server::start(&[]);
+    for i in 0..300 {
+        let mut c = connect(server.addr());
+        let msg = format!("message {i} then FIN");
+        c.write_all(msg.as_bytes()).unwrap();
+        finish_sending(&c);
+        assert_eq!(read_to_end(&mut c), msg.as_bytes(), "round {i}");
+    }
+}
