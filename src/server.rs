@@ -224,13 +224,16 @@ impl EchoServer {
             panic!("invalid echoloop config: {msg}");
         }
         let tokens = Tokens::new(base).expect("base token + TOKEN_SPAN must fit in usize");
+        let slots = config.max_connections.min(1 << 20);
         EchoServer {
             limits: config.limits(),
             scratch: Scratch::new(config.read_buffer),
             config,
             tokens,
             listeners: Vec::new(),
-            conns: Slab::new(),
+            // Reserved, not touched: pages become resident only as slots are
+            // used, and the slab never moves (no copy, no doubling spike).
+            conns: Slab::with_capacity(slots),
             ready: VecDeque::new(),
             idle: BinaryHeap::new(),
             epoch: Instant::now(),
