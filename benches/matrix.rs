@@ -3,12 +3,13 @@
 //!
 //! Each measurement starts a fresh server pinned to core 0 and the load
 //! generator pinned to core 1, and the two servers alternate cell by cell so
-//! drift on a noisy machine hits both alike. Medians of `--runs` (default 3)
+//! drift on a noisy machine hits both alike. Medians of `--runs` (default 5)
 //! runs are reported with echoloop/peer ratios. Writes `results.json`,
 //! `table.md` and `throughput.svg` to `target/echoloop-bench/`.
 //!
 //! ```text
 //! cargo bench --bench matrix                      # the whole matrix, ~6 min
+//! cargo bench --bench matrix -- --runs 3 --duration 3
 //! cargo bench --bench matrix -- --runs 1 --duration 1 --only pingpong
 //! ```
 //! Server syscalls per message (ping-pong 64 B x 100) are counted with
@@ -236,8 +237,8 @@ struct Options {
 impl Options {
     fn parse(args: &[String]) -> Options {
         let mut opts = Options {
-            runs: 3,
-            duration: 3.0,
+            runs: 5,
+            duration: 2.0,
             only: None,
         };
         let mut it = args.iter();

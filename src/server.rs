@@ -693,7 +693,11 @@ impl EchoServer {
             Reason::Shutdown => &mut self.stats.closed_by_shutdown,
         };
         *counter += 1;
-        self.over_limit_warned = false;
+        // A new episode of "limit reached" is warned about only once the
+        // server has had real room again, so churn at the limit cannot spam.
+        if self.conns.len() < self.config.max_connections - self.config.max_connections / 10 {
+            self.over_limit_warned = false;
+        }
         // A descriptor was just freed: if accept ran out of them, retry now.
         if let Some(backoff) = self.backoff.as_mut() {
             backoff.retry_now = true;
