@@ -44,7 +44,7 @@ struct Args {
 
     /// Most connections served at once; one more is accepted and closed at
     /// once. [default: the open-files limit minus a reserve of 64]
-    #[arg(long, value_name = "N", value_parser = parse_count)]
+    #[arg(long, value_name = "N", value_parser = parse_positive)]
     max_connections: Option<usize>,
 
     /// Pending bytes per connection at which reading pauses until the client
