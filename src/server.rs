@@ -70,6 +70,9 @@ pub struct Stats {
     pub backed_off: Duration,
     /// Times a connection used its read budget with data left and yielded.
     pub budget_yields: u64,
+    /// Times a listener reached the per-turn accept limit with connections
+    /// possibly left in its backlog (revisited next turn).
+    pub accept_yields: u64,
     /// Accept errors that concerned one incoming connection only.
     pub accept_errors: u64,
 }
@@ -81,7 +84,7 @@ impl fmt::Display for Stats {
             "accepted={} rejected={} active={} closed_by_peer={} closed_by_error={} \
              closed_by_idle={} closed_by_shutdown={} bytes_in={} bytes_out={} \
              backpressure_pauses={} accept_backoffs={} backed_off_ms={} budget_yields={} \
-             accept_errors={}",
+             accept_yields={} accept_errors={}",
             self.accepted,
             self.rejected,
             self.active,
@@ -95,6 +98,7 @@ impl fmt::Display for Stats {
             self.accept_backoffs,
             self.backed_off.as_millis(),
             self.budget_yields,
+            self.accept_yields,
             self.accept_errors,
         )
     }
@@ -547,6 +551,7 @@ impl EchoServer {
         }
         // The limit for this turn is reached; more may be waiting.
         self.listeners[index].more = true;
+        self.stats.accept_yields += 1;
         Ok(Accepted::Limit)
     }
 

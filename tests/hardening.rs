@@ -183,7 +183,7 @@ fn idle_timeout_closes_idle_connections_and_spares_active_ones() {
 
 #[test]
 fn an_accept_storm_does_not_stop_established_clients() {
-    let server = Server::start(&["--accepts-per-turn", "16"]);
+    let server = Server::start(&["--accepts-per-turn", "4"]);
     let addr = server.addr();
     let storming = Arc::new(AtomicBool::new(true));
     let during_storm = Arc::new(AtomicU64::new(0));
@@ -202,7 +202,15 @@ fn an_accept_storm_does_not_stop_established_clients() {
         })
         .collect();
     let before = during_storm.load(Ordering::Relaxed);
-    let storm: Vec<TcpStream> = (0..3000).map(|_| connect(addr)).collect();
+    // Four threads connect at once, so the backlog holds more than one
+    // turn's worth of accepts.
+    let stormers: Vec<_> = (0..4)
+        .map(|_| thread::spawn(move || (0..750).map(|_| connect(addr)).collect::<Vec<TcpStream>>()))
+        .collect();
+    let storm: Vec<TcpStream> = stormers
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
     let exchanged = during_storm.load(Ordering::Relaxed) - before;
     // Every storm connection is served.
     for (i, mut c) in storm.into_iter().enumerate() {
@@ -216,4 +224,8 @@ fn an_accept_storm_does_not_stop_established_clients() {
     assert!(exchanged > 0, "no echo completed during the storm");
     fresh_stats(&server);
     assert!(counter(&server, "accepted") >= 3010);
+    assert!(
+        counter(&server, "accept_yields") > 0,
+        "the per-turn accept limit never engaged"
+    );
 }
