@@ -27,8 +27,9 @@ const SERVER_BASE: Token = Token(1);
 /// order. Prints `listening on IP:PORT` on stdout for each listener once it is
 /// bound. SIGINT or SIGTERM stops accepting, echoes what clients already sent,
 /// flushes for up to --shutdown-timeout, closes each connection with a FIN and
-/// exits 0. SIGUSR1 logs the counters. Logs go to stderr; set RUST_LOG
-/// (error, warn, info, debug, trace) to change the level, `info` by default.
+/// exits 0; a second signal closes at once. SIGUSR1 logs the counters. Logs
+/// go to stderr; set RUST_LOG (error, warn, info, debug, trace) to change the
+/// level, `info` by default.
 #[derive(Debug, Parser)]
 #[command(name = "echoloop", version, about, long_about)]
 struct Args {
@@ -148,6 +149,7 @@ fn run(args: Args) -> Result<(), String> {
 
     let mut events = Events::with_capacity(1024);
     let mut next_stats = args.stats_interval.map(|every| Instant::now() + every);
+    let mut shutting_down = false;
     loop {
         let now = Instant::now();
         let stats_due = next_stats.map(|at| at.saturating_duration_since(now));
@@ -167,7 +169,11 @@ fn run(args: Args) -> Result<(), String> {
                 for signal in signals.pending() {
                     if signal == SIGUSR1 {
                         info!("stats: {}", server.stats());
+                    } else if shutting_down {
+                        warn!("second signal: closing every connection now");
+                        server.close_all(poll.registry());
                     } else {
+                        shutting_down = true;
                         server.begin_shutdown(poll.registry(), now);
                     }
                 }

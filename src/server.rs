@@ -473,16 +473,7 @@ impl EchoServer {
             .shutdown_deadline
             .is_some_and(|deadline| now >= deadline)
         {
-            let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
-            if !keys.is_empty() {
-                info!("shutdown timeout: closing {} connections", keys.len());
-            }
-            for key in keys {
-                if let Err(err) = self.conns[key].shutdown_write() {
-                    debug!("connection {key}: shutdown failed: {err}");
-                }
-                self.close(registry, key, Reason::Shutdown);
-            }
+            self.close_all(registry);
         }
         Ok(())
     }
@@ -519,6 +510,39 @@ impl EchoServer {
         let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
         for key in keys {
             self.queue(key);
+        }
+    }
+
+    /// Ends shutdown now: stops accepting if that has not happened yet, then
+    /// sends each connection a FIN and closes it, whatever is still pending.
+    /// Used when the shutdown timeout passes, and by the binary on a second
+    /// SIGINT or SIGTERM. Afterwards [`EchoServer::is_finished`] is true.
+    ///
+    /// Work: one `shutdown` and one close per connection, O(connections).
+    ///
+    /// ```
+    /// use std::time::Instant;
+    /// let poll = mio::Poll::new()?;
+    /// let mut server = echoloop::EchoServer::new(Default::default(), mio::Token(0));
+    /// server.bind("127.0.0.1:0".parse().unwrap())?;
+    /// server.register(poll.registry())?;
+    /// server.close_all(poll.registry());
+    /// assert!(server.is_finished());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn close_all(&mut self, registry: &Registry) {
+        if self.shutdown_deadline.is_none() {
+            self.begin_shutdown(registry, Instant::now());
+        }
+        let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
+        if !keys.is_empty() {
+            info!("closing {} connections now", keys.len());
+        }
+        for key in keys {
+            if let Err(err) = self.conns[key].shutdown_write() {
+                debug!("connection {key}: shutdown failed: {err}");
+            }
+            self.close(registry, key, Reason::Shutdown);
         }
     }
 

@@ -312,3 +312,29 @@ fn issue_2_data_and_fin_arriving_together_are_both_handled() {
         assert_eq!(read_to_end(&mut c), msg.as_bytes(), "round {i}");
     }
 }
+
+#[test]
+fn a_second_signal_closes_at_once() {
+    let mut server = Server::start(&["--shutdown-timeout", "120"]);
+    let stuck = connect(server.addr());
+    let writer = stuck.try_clone().unwrap();
+    thread::spawn(move || {
+        let mut writer = writer;
+        let chunk = vec![2u8; 64 * 1024];
+        // Never reads, so the first signal's flush cannot finish; ends with
+        // an error once the server closes the connection.
+        while writer.write_all(&chunk).is_ok() {}
+    });
+    thread::sleep(Duration::from_millis(300));
+    server.signal(libc::SIGTERM);
+    assert!(server.log_contains("shutting down"));
+    assert!(
+        server.wait_for_exit(Duration::from_millis(500)).is_none(),
+        "exited before its flush"
+    );
+    server.signal(libc::SIGTERM);
+    let status = server
+        .wait_for_exit(Duration::from_secs(10))
+        .expect("second signal ignored");
+    assert_eq!(status.code(), Some(0));
+}
