@@ -208,15 +208,7 @@ fn sigterm_flushes_in_flight_data_and_exits_zero() {
 #[test]
 fn shutdown_timeout_bounds_a_client_that_never_reads() {
     let mut server = Server::start(&["--shutdown-timeout", "1"]);
-    let stuck = connect(server.addr());
-    let writer = stuck.try_clone().unwrap();
-    thread::spawn(move || {
-        let mut writer = writer;
-        let chunk = vec![1u8; 64 * 1024];
-        // Ends with an error once the server closes the connection.
-        while writer.write_all(&chunk).is_ok() {}
-    });
-    thread::sleep(Duration::from_millis(300));
+    let _stuck = flood_without_reading(server.addr());
     server.signal(libc::SIGINT);
     let status = server
         .wait_for_exit(Duration::from_secs(10))
@@ -316,16 +308,8 @@ fn issue_2_data_and_fin_arriving_together_are_both_handled() {
 #[test]
 fn a_second_signal_closes_at_once() {
     let mut server = Server::start(&["--shutdown-timeout", "120"]);
-    let stuck = connect(server.addr());
-    let writer = stuck.try_clone().unwrap();
-    thread::spawn(move || {
-        let mut writer = writer;
-        let chunk = vec![2u8; 64 * 1024];
-        // Never reads, so the first signal's flush cannot finish; ends with
-        // an error once the server closes the connection.
-        while writer.write_all(&chunk).is_ok() {}
-    });
-    thread::sleep(Duration::from_millis(300));
+    // Never reads, so the first signal's flush cannot finish.
+    let _stuck = flood_without_reading(server.addr());
     server.signal(libc::SIGTERM);
     assert!(server.log_contains("shutting down"));
     assert!(
@@ -337,4 +321,18 @@ fn a_second_signal_closes_at_once() {
         .wait_for_exit(Duration::from_secs(10))
         .expect("second signal ignored");
     assert_eq!(status.code(), Some(0));
+}
+
+/// A client that writes until the server closes it and never reads; returns
+/// once the server's buffers for it are full.
+fn flood_without_reading(addr: SocketAddr) -> std::net::TcpStream {
+    let stuck = connect(addr);
+    let mut writer = stuck.try_clone().unwrap();
+    thread::spawn(move || {
+        let chunk = vec![1u8; 64 * 1024];
+        // Ends with an error once the server closes the connection.
+        while writer.write_all(&chunk).is_ok() {}
+    });
+    thread::sleep(Duration::from_millis(300));
+    stuck
 }
