@@ -260,6 +260,28 @@ impl<S: Read + Write + HalfClose> Connection<S> {
     /// # Errors
     /// Any I/O error other than `WouldBlock` and `Interrupted` (a reset, a
     /// broken pipe): the connection is then unusable and should be closed.
+    ///
+    /// ```
+    /// use std::io::{Read, Write};
+    /// use echoloop::{Connection, Limits, Scratch};
+    /// let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    /// let mut client = std::net::TcpStream::connect(listener.local_addr()?)?;
+    /// let (accepted, _) = listener.accept()?;
+    /// accepted.set_nonblocking(true)?;
+    /// let mut conn = Connection::new(mio::net::TcpStream::from_std(accepted));
+    /// let mut scratch = Scratch::new(64 * 1024);
+    /// let limits = Limits { max_pending: 65536, resume_at: 32768, budget: 262144 };
+    /// client.write_all(b"hi")?;
+    /// // No event loop here: drive until the bytes have arrived and gone back.
+    /// let mut echoed = 0;
+    /// while echoed < 2 {
+    ///     echoed += conn.drive(&mut scratch, &limits)?.bytes_out;
+    /// }
+    /// let mut back = [0u8; 2];
+    /// client.read_exact(&mut back)?;
+    /// assert_eq!(&back, b"hi");
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn drive(&mut self, scratch: &mut Scratch, limits: &Limits) -> io::Result<Progress> {
         let mut progress = Progress::default();
         let mut budget = limits.budget;

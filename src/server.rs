@@ -424,6 +424,14 @@ impl EchoServer {
     /// hit its accept limit); otherwise the earliest of the accept back-off,
     /// the next idle deadline and the shutdown deadline; `None` when nothing
     /// is due. Work: O(listeners).
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// let config = echoloop::Config { idle_timeout: Some(Duration::from_secs(30)), ..Default::default() };
+    /// let server = echoloop::EchoServer::new(config, mio::Token(0));
+    /// // Nothing to do and no connection to time out: sleep until an event.
+    /// assert_eq!(server.poll_timeout(Instant::now()), None);
+    /// ```
     pub fn poll_timeout(&self, now: Instant) -> Option<Duration> {
         let retry_now = self.backoff.as_ref().is_some_and(|b| b.retry_now);
         let accept_more = self.backoff.is_none() && self.listeners.iter().any(|l| l.more);
@@ -485,6 +493,22 @@ impl EchoServer {
     ///
     /// Work: closes the listeners and queues every connection for the next
     /// [`EchoServer::handle_timeout`], O(connections).
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// let poll = mio::Poll::new()?;
+    /// let mut server = echoloop::EchoServer::new(Default::default(), mio::Token(0));
+    /// let addr = server.bind("127.0.0.1:0".parse().unwrap())?;
+    /// server.register(poll.registry())?;
+    /// let now = Instant::now();
+    /// server.begin_shutdown(poll.registry(), now);
+    /// // No connections: finished at once, and the port is closed.
+    /// assert!(server.is_finished());
+    /// assert!(std::net::TcpStream::connect(addr).is_err());
+    /// // With connections, the deadline bounds the wait.
+    /// assert!(server.poll_timeout(now).unwrap() <= Duration::from_secs(5));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn begin_shutdown(&mut self, registry: &Registry, now: Instant) {
         if self.shutdown_deadline.is_some() {
             return;
@@ -553,6 +577,13 @@ impl EchoServer {
     }
 
     /// The counters so far. Work: O(1).
+    ///
+    /// ```
+    /// let server = echoloop::EchoServer::new(Default::default(), mio::Token(0));
+    /// let stats = server.stats();
+    /// assert_eq!((stats.accepted, stats.active, stats.bytes_out), (0, 0, 0));
+    /// println!("{stats}"); // accepted=0 rejected=0 active=0 ...
+    /// ```
     pub fn stats(&self) -> Stats {
         Stats {
             active: self.conns.len() as u64,
