@@ -37,6 +37,9 @@ const NODELAY_INHERITED: bool = cfg!(target_os = "linux");
 const BACKOFF_START: Duration = Duration::from_millis(10);
 /// The pause doubles on each failed retry, up to this.
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Stale idle checks tolerated beyond twice the live connections before
+/// the idle heap is compacted.
+const IDLE_SLACK: usize = 1024;
 /// Idle connections closed per `handle_timeout` call at most; more wait for
 /// the next turn (and make `poll_timeout` return zero meanwhile).
 const IDLE_CLOSES_PER_TURN: usize = 1024;
@@ -674,6 +677,7 @@ impl EchoServer {
                 key: key as u32,
                 generation,
             }));
+            self.compact_idle();
         }
         debug!("connection {key}: accepted from {peer}");
     }
@@ -867,6 +871,22 @@ impl EchoServer {
         }
     }
 
+    // Checks of closed connections stay in the heap until they come due.
+    // Under churn with a long timeout they could pile up, so once they
+    // outnumber live connections the heap is rebuilt without them: each
+    // rebuild removes at least half, so the cost per connection stays O(1).
+    fn compact_idle(&mut self) {
+        if self.idle.len() <= 2 * self.conns.len() + IDLE_SLACK {
+            return;
+        }
+        let conns = &self.conns;
+        self.idle.retain(|Reverse(check)| {
+            conns
+                .get(check.key as usize)
+                .is_some_and(|conn| conn.generation == check.generation)
+        });
+    }
+
     fn millis(&self, now: Instant) -> u64 {
         now.saturating_duration_since(self.epoch).as_millis() as u64
     }
@@ -970,6 +990,29 @@ mod tests {
             .handle_token(poll.registry(), token_b, Instant::now())
             .unwrap();
         assert_eq!(server.stats().bytes_in, 10);
+    }
+
+    #[test]
+    fn idle_checks_of_closed_connections_do_not_pile_up() {
+        let poll = mio::Poll::new().unwrap();
+        let config = Config {
+            idle_timeout: Some(Duration::from_secs(3600)),
+            ..Config::default()
+        };
+        let mut server = EchoServer::new(config, Token(100));
+        let addr = server.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        server.register(poll.registry()).unwrap();
+        for _ in 0..(IDLE_SLACK + 200) {
+            let _client = StdStream::connect(addr).unwrap();
+            let (key, _) = accept_one(&mut server, &poll);
+            server.close(poll.registry(), key, Reason::Peer);
+        }
+        assert!(
+            server.idle.len() <= IDLE_SLACK + 1,
+            "{} idle checks for {} connections",
+            server.idle.len(),
+            server.conns.len()
+        );
     }
 
     #[test]
