@@ -10,6 +10,7 @@
 //! ```text
 //! cargo bench --bench matrix                      # the whole matrix, ~6 min
 //! cargo bench --bench matrix -- --runs 3 --duration 3
+//! cargo bench --bench matrix -- --redraw docs/bench-results.json  # chart only
 //! cargo bench --bench matrix -- --runs 1 --duration 1 --only pingpong
 //! ```
 //! Server syscalls per message (ping-pong 64 B x 100) are counted with
@@ -159,6 +160,15 @@ fn main() {
         _ => {}
     }
     let opts = Options::parse(&args);
+    if let Some(json) = &opts.redraw {
+        // Draw the chart again from a results.json, without measuring.
+        let text = std::fs::read_to_string(json).expect("read results.json");
+        let points = chart_points_from_json(&text);
+        let out = PathBuf::from(json).with_file_name("throughput.svg");
+        draw_chart(&out, &points).expect("draw chart");
+        eprintln!("matrix: drew {}", out.display());
+        return;
+    }
     if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
         eprintln!("matrix: needs 2 cores (server on one, load on the other)");
         std::process::exit(1);
@@ -232,6 +242,8 @@ struct Options {
     runs: usize,
     duration: f64,
     only: Option<String>,
+    /// Path of a results.json to draw the chart from, instead of measuring.
+    redraw: Option<String>,
 }
 
 impl Options {
@@ -240,6 +252,7 @@ impl Options {
             runs: 5,
             duration: 2.0,
             only: None,
+            redraw: None,
         };
         let mut it = args.iter();
         while let Some(arg) = it.next() {
@@ -252,9 +265,12 @@ impl Options {
                         .expect("--duration SECS")
                 }
                 "--only" => opts.only = it.next().cloned(),
+                "--redraw" => opts.redraw = it.next().cloned(),
                 "--bench" => {} // passed by cargo bench
                 other => {
-                    eprintln!("matrix: unknown argument {other}; use --runs N, --duration SECS, --only TEXT");
+                    eprintln!(
+                        "matrix: unknown argument {other}; use --runs N, --duration SECS, --only TEXT, --redraw FILE"
+                    );
                     std::process::exit(2);
                 }
             }
@@ -624,6 +640,30 @@ fn json_num(v: Option<f64>) -> String {
         .map_or("null".to_string(), |x| format!("{x:.3}"))
 }
 
+/// The chart's points from a results.json written by `Report::new`.
+fn chart_points_from_json(text: &str) -> Vec<(usize, f64, f64)> {
+    let number = |obj: &str, key: &str| -> f64 {
+        let key = format!("\"{key}\":");
+        obj.find(&key)
+            .and_then(|at| obj[at + key.len()..].split([',', '}']).next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let cells = cells();
+    text.split("{\"cell\":\"")
+        .skip(1)
+        .filter_map(|obj| {
+            let name = obj.split('"').next()?;
+            let conns = cells.iter().find(|c| c.name == name)?.chart_conns?;
+            Some((
+                conns,
+                number(obj, "echoloop_msgs_per_sec"),
+                number(obj, "tokio_msgs_per_sec"),
+            ))
+        })
+        .collect()
+}
+
 /// Throughput against connection count, both servers, log-scale x axis.
 fn draw_chart(
     path: &std::path::Path,
@@ -655,6 +695,8 @@ fn draw_chart(
         .configure_mesh()
         .x_desc("connections")
         .y_desc("messages per second")
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| format!("{:.0}k", y / 1000.0))
         .draw()?;
     let series = [("echoloop", 1usize, RED), ("tokio current_thread", 2, BLUE)];
     for (name, which, color) in series {
