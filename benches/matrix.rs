@@ -418,14 +418,17 @@ struct LoadRun {
 
 impl LoadRun {
     fn field(&self, name: &str) -> f64 {
-        let key = format!("\"{name}\":");
-        self.json
-            .find(&key)
-            .map(|at| &self.json[at + key.len()..])
-            .and_then(|rest| rest.split([',', '}']).next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(f64::NAN)
+        json_field(&self.json, name)
     }
+}
+
+/// The number after `"name":` in a flat JSON object; NaN if absent.
+fn json_field(json: &str, name: &str) -> f64 {
+    let key = format!("\"{name}\":");
+    json.find(&key)
+        .and_then(|at| json[at + key.len()..].split([',', '}']).next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN)
 }
 
 /// Runs the load generator once against `server`, optionally under perf.
@@ -642,13 +645,6 @@ fn json_num(v: Option<f64>) -> String {
 
 /// The chart's points from a results.json written by `Report::new`.
 fn chart_points_from_json(text: &str) -> Vec<(usize, f64, f64)> {
-    let number = |obj: &str, key: &str| -> f64 {
-        let key = format!("\"{key}\":");
-        obj.find(&key)
-            .and_then(|at| obj[at + key.len()..].split([',', '}']).next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(f64::NAN)
-    };
     let cells = cells();
     text.split("{\"cell\":\"")
         .skip(1)
@@ -657,8 +653,8 @@ fn chart_points_from_json(text: &str) -> Vec<(usize, f64, f64)> {
             let conns = cells.iter().find(|c| c.name == name)?.chart_conns?;
             Some((
                 conns,
-                number(obj, "echoloop_msgs_per_sec"),
-                number(obj, "tokio_msgs_per_sec"),
+                json_field(obj, "echoloop_msgs_per_sec"),
+                json_field(obj, "tokio_msgs_per_sec"),
             ))
         })
         .collect()

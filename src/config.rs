@@ -124,13 +124,19 @@ impl Config {
 
 /// The process's soft open-files limit (`RLIMIT_NOFILE`), if it has one.
 pub fn open_files_limit() -> Option<u64> {
+    let limit = nofile()?;
+    (limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur)
+}
+
+/// The process's `RLIMIT_NOFILE`, soft and hard.
+fn nofile() -> Option<libc::rlimit> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit writes into the struct we pass and keeps no pointer.
     let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
-    (rc == 0 && limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur)
+    (rc == 0).then_some(limit)
 }
 
 /// Default connection limit: the open-files limit minus a reserve of
@@ -149,17 +155,11 @@ pub fn default_max_connections() -> usize {
 /// as many connections as the system allows, and returns the limit now in
 /// force (`None` if unlimited or unknown). Leaves the limit alone on failure.
 pub fn raise_open_files_limit() -> Option<u64> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit read or write only the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
+    if let Some(mut limit) = nofile().filter(|l| l.rlim_cur < l.rlim_max) {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: setrlimit reads only the struct we pass. On failure the
+        // limit stays as it was, which is what we report.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
     }
     open_files_limit()
 }

@@ -356,9 +356,8 @@ impl<S: Read + Write + HalfClose> Connection<S> {
                 break;
             }
         }
-        if self.read_closed() && self.pending.is_none() && !self.is_done() {
-            self.stream.shutdown_write()?;
-            self.flags |= WRITE_SHUT;
+        if self.read_closed() && self.pending.is_none() {
+            self.shutdown_write()?;
         }
         Ok(progress)
     }

@@ -131,11 +131,13 @@ pub fn drive_checked(
         if wanted.is_some_and(|i| i.is_readable()) != reading {
             return Err(format!("wanted {wanted:?} while reading={reading}"));
         }
+        let done = conn.is_done();
         let stream = conn.stream_mut();
-        if stream.output.len() > stream.input.len() || !stream.input.starts_with(&stream.output) {
+        if !stream.input.starts_with(&stream.output) {
             return Err("output is not a prefix of the input".to_string());
         }
-        if conn.is_done() || (!conn.stream_mut().eof && pending == 0 && stream_echoed_all(conn)) {
+        let echoed_all = stream.output.len() == stream.input.len();
+        if done || (!stream.eof && echoed_all) {
             break;
         }
     }
@@ -155,9 +157,4 @@ pub fn drive_checked(
         ));
     }
     Ok(())
-}
-
-fn stream_echoed_all(conn: &mut Connection<Scripted>) -> bool {
-    let stream = conn.stream_mut();
-    stream.output.len() == stream.input.len()
 }

@@ -386,25 +386,17 @@ impl EchoServer {
             event.is_writable(),
             event.is_read_closed(),
         );
-        if event.is_read_closed() {
-            self.note_peer_closing(event.token());
-        }
-        self.handle_token(registry, event.token(), now)
+        self.handle_token(registry, event.token(), event.is_read_closed(), now)
     }
 
-    // The event carried the peer's FIN: remember it on the connection, since
-    // no further edge will announce it (see `Connection::peer_closing`).
-    fn note_peer_closing(&mut self, token: Token) {
-        if let Some(Target::Connection { key, generation }) = self.tokens.decode(token) {
-            if let Some(conn) = self.conns.get_mut(key) {
-                if conn.generation == generation {
-                    conn.peer_closing();
-                }
-            }
-        }
-    }
-
-    fn handle_token(&mut self, registry: &Registry, token: Token, now: Instant) -> io::Result<()> {
+    // `read_closed`: the event carried the peer's FIN.
+    fn handle_token(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        read_closed: bool,
+        now: Instant,
+    ) -> io::Result<()> {
         match self.tokens.decode(token) {
             Some(Target::Listener(index)) => {
                 trace!("listener {index}: ready");
@@ -412,9 +404,16 @@ impl EchoServer {
                     self.accept(registry, index, now)?;
                 }
             }
-            Some(Target::Connection { key, generation }) => match self.conns.get(key) {
-                Some(conn) if conn.generation == generation => self.drive(registry, key, now),
-                _ => trace!("connection {key}: stale event ignored"),
+            Some(Target::Connection { key, generation }) => match self.current(key, generation) {
+                Some(conn) => {
+                    // No further edge will announce this FIN: remember it
+                    // (see `Connection::peer_closing`).
+                    if read_closed {
+                        conn.peer_closing();
+                    }
+                    self.drive(registry, key, now);
+                }
+                None => trace!("connection {key}: stale event ignored"),
             },
             None => trace!("token {}: not ours", token.0),
         }
@@ -471,11 +470,9 @@ impl EchoServer {
             let Some((key, generation)) = self.ready.pop_front() else {
                 break;
             };
-            if let Some(conn) = self.conns.get_mut(key) {
-                if conn.generation == generation {
-                    conn.registered &= !QUEUED;
-                    self.drive(registry, key, now);
-                }
+            if let Some(conn) = self.current(key, generation) {
+                conn.registered &= !QUEUED;
+                self.drive(registry, key, now);
             }
         }
         self.accept_due(registry, now)?;
@@ -534,7 +531,7 @@ impl EchoServer {
         if let Some(backoff) = self.backoff.take() {
             self.stats.backed_off += now.saturating_duration_since(backoff.since);
         }
-        let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
+        let keys = self.keys();
         for key in keys {
             self.queue(key);
         }
@@ -561,7 +558,7 @@ impl EchoServer {
         if self.shutdown_deadline.is_none() {
             self.begin_shutdown(registry, Instant::now());
         }
-        let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
+        let keys = self.keys();
         if !keys.is_empty() {
             info!("closing {} connections now", keys.len());
         }
@@ -734,7 +731,6 @@ impl EchoServer {
 
     // Derive interest from state and re-register only on change.
     fn update_interest(&mut self, registry: &Registry, key: usize) -> io::Result<()> {
-        let token = self.tokens.connection(key, self.conns[key].generation);
         let conn = &mut self.conns[key];
         let (want, bits) = match conn.wanted() {
             Some(want) => (want, interest_bits(want)),
@@ -743,6 +739,7 @@ impl EchoServer {
             None => return Ok(()),
         };
         if bits != conn.registered & (REG_READ | REG_WRITE) {
+            let token = self.tokens.connection(key, conn.generation);
             registry.reregister(conn.stream_mut(), token, want)?;
             conn.registered = bits | (conn.registered & QUEUED);
         }
@@ -849,12 +846,10 @@ impl EchoServer {
                 break;
             };
             let key = check.key as usize;
-            let Some(conn) = self.conns.get(key) else {
+            // That connection may be gone, its slot maybe reused.
+            let Some(conn) = self.current(key, check.generation) else {
                 continue;
             };
-            if conn.generation != check.generation {
-                continue; // that connection is gone; the slot has a new one
-            }
             let idle_ms = u64::from((now_ms as u32).wrapping_sub(conn.last_active));
             if idle_ms >= timeout_ms {
                 debug!("connection {key}: closed after {idle_ms} ms idle");
@@ -885,6 +880,18 @@ impl EchoServer {
                 .get(check.key as usize)
                 .is_some_and(|conn| conn.generation == check.generation)
         });
+    }
+
+    /// The connection at `key` if it is still the one `generation` names:
+    /// the one check that keeps stale tokens and queue entries harmless.
+    fn current(&mut self, key: usize, generation: u16) -> Option<&mut Connection<TcpStream>> {
+        self.conns
+            .get_mut(key)
+            .filter(|conn| conn.generation == generation)
+    }
+
+    fn keys(&self) -> Vec<usize> {
+        self.conns.iter().map(|(key, _)| key).collect()
     }
 
     fn millis(&self, now: Instant) -> u64 {
@@ -940,8 +947,8 @@ mod tests {
     use std::io::Write;
     use std::net::TcpStream as StdStream;
 
-    fn server_with_listener(poll: &mio::Poll) -> (EchoServer, SocketAddr) {
-        let mut server = EchoServer::new(Config::default(), Token(100));
+    fn server_with_listener(poll: &mio::Poll, config: Config) -> (EchoServer, SocketAddr) {
+        let mut server = EchoServer::new(config, Token(100));
         let addr = server.bind("127.0.0.1:0".parse().unwrap()).unwrap();
         server.register(poll.registry()).unwrap();
         (server, addr)
@@ -953,7 +960,7 @@ mod tests {
         for _ in 0..1000 {
             let listener = server.tokens.listener(0);
             server
-                .handle_token(poll.registry(), listener, Instant::now())
+                .handle_token(poll.registry(), listener, false, Instant::now())
                 .unwrap();
             if server.stats().accepted > before {
                 break;
@@ -967,7 +974,7 @@ mod tests {
     #[test]
     fn stale_token_of_a_reused_slot_is_ignored() {
         let poll = mio::Poll::new().unwrap();
-        let (mut server, addr) = server_with_listener(&poll);
+        let (mut server, addr) = server_with_listener(&poll, Config::default());
         let _a = StdStream::connect(addr).unwrap();
         let (key_a, token_a) = accept_one(&mut server, &poll);
         // A closes (as if its error was handled earlier in this batch)...
@@ -981,13 +988,13 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         // The event queued for A arrives now: it must not touch B.
         server
-            .handle_token(poll.registry(), token_a, Instant::now())
+            .handle_token(poll.registry(), token_a, false, Instant::now())
             .unwrap();
         assert_eq!(server.stats().bytes_in, 0, "stale event drove the newcomer");
         assert_eq!(server.stats().active, 1);
         // B's own event echoes B's bytes.
         server
-            .handle_token(poll.registry(), token_b, Instant::now())
+            .handle_token(poll.registry(), token_b, false, Instant::now())
             .unwrap();
         assert_eq!(server.stats().bytes_in, 10);
     }
@@ -999,9 +1006,7 @@ mod tests {
             idle_timeout: Some(Duration::from_secs(3600)),
             ..Config::default()
         };
-        let mut server = EchoServer::new(config, Token(100));
-        let addr = server.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        server.register(poll.registry()).unwrap();
+        let (mut server, addr) = server_with_listener(&poll, config);
         for _ in 0..(IDLE_SLACK + 200) {
             let _client = StdStream::connect(addr).unwrap();
             let (key, _) = accept_one(&mut server, &poll);
@@ -1018,7 +1023,7 @@ mod tests {
     #[test]
     fn accepted_sockets_have_nodelay() {
         let poll = mio::Poll::new().unwrap();
-        let (mut server, addr) = server_with_listener(&poll);
+        let (mut server, addr) = server_with_listener(&poll, Config::default());
         let _client = StdStream::connect(addr).unwrap();
         let (key, _) = accept_one(&mut server, &poll);
         assert!(server.conns[key].stream_mut().nodelay().unwrap());
@@ -1027,11 +1032,11 @@ mod tests {
     #[test]
     fn tokens_outside_the_range_are_not_ours() {
         let poll = mio::Poll::new().unwrap();
-        let (mut server, _) = server_with_listener(&poll);
+        let (mut server, _) = server_with_listener(&poll, Config::default());
         assert!(!server.owns(Token(99)));
         assert!(server.owns(Token(100)));
         server
-            .handle_token(poll.registry(), Token(5), Instant::now())
+            .handle_token(poll.registry(), Token(5), false, Instant::now())
             .unwrap();
         assert_eq!(server.stats(), Stats::default());
     }

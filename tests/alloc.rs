@@ -11,10 +11,10 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use mio::{Events, Poll, Token};
+use mio::{Events, Poll};
 
 use common::*;
-use echoloop::{Config, EchoServer};
+use echoloop::Config;
 
 /// Counts allocations made on threads that opted in.
 struct Counting;
@@ -59,9 +59,7 @@ fn the_echo_path_does_not_allocate_in_the_steady_state() {
         max_pending: 16 * 1024,
         ..Config::default()
     };
-    let mut server = EchoServer::new(config, Token(0));
-    let addr = server.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    server.register(poll.registry()).unwrap();
+    let (mut server, addr) = embedded_server(&poll, config);
     let stop = Arc::new(AtomicBool::new(false));
     let host_stop = stop.clone();
     let host = thread::spawn(move || {
@@ -69,13 +67,12 @@ fn the_echo_path_does_not_allocate_in_the_steady_state() {
         TRACKED.with(|t| t.set(true));
         let give_up = Instant::now() + Duration::from_secs(60);
         while !host_stop.load(Ordering::Relaxed) && Instant::now() < give_up {
-            poll.poll(&mut events, Some(Duration::from_millis(10)))
-                .unwrap();
-            let now = Instant::now();
-            for event in events.iter() {
-                server.handle_event(poll.registry(), event, now).unwrap();
-            }
-            server.handle_timeout(poll.registry(), now).unwrap();
+            host_turn(
+                &mut server,
+                &mut poll,
+                &mut events,
+                Duration::from_millis(10),
+            );
         }
         TRACKED.with(|t| t.set(false));
         server.stats()

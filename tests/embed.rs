@@ -153,18 +153,10 @@ fn counters_follow_what_happened() {
         max_connections: 2,
         ..Config::default()
     };
-    let mut server = EchoServer::new(config, Token(0));
-    let addr = server.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    server.register(poll.registry()).unwrap();
+    let (mut server, addr) = embedded_server(&poll, config);
     let mut events = Events::with_capacity(64);
     let mut turn = |server: &mut EchoServer, poll: &mut Poll| {
-        poll.poll(&mut events, Some(Duration::from_millis(50)))
-            .unwrap();
-        let now = Instant::now();
-        for event in events.iter() {
-            server.handle_event(poll.registry(), event, now).unwrap();
-        }
-        server.handle_timeout(poll.registry(), now).unwrap();
+        host_turn(server, poll, &mut events, Duration::from_millis(50));
     };
     let mut one = connect(addr);
     let two = connect(addr);

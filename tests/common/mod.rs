@@ -289,3 +289,30 @@ pub fn read_to_end(stream: &mut TcpStream) -> Vec<u8> {
 pub fn finish_sending(stream: &TcpStream) {
     stream.shutdown(Shutdown::Write).expect("shutdown write");
 }
+
+/// An in-process echo server bound to 127.0.0.1:0 and registered with `poll`.
+pub fn embedded_server(
+    poll: &mio::Poll,
+    config: echoloop::Config,
+) -> (echoloop::EchoServer, SocketAddr) {
+    let mut server = echoloop::EchoServer::new(config, mio::Token(0));
+    let addr = server.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    server.register(poll.registry()).unwrap();
+    (server, addr)
+}
+
+/// One turn of a host loop that runs only `server`: poll for up to
+/// `timeout`, hand every event to the server, then its deadlines.
+pub fn host_turn(
+    server: &mut echoloop::EchoServer,
+    poll: &mut mio::Poll,
+    events: &mut mio::Events,
+    timeout: Duration,
+) {
+    poll.poll(events, Some(timeout)).unwrap();
+    let now = Instant::now();
+    for event in events.iter() {
+        server.handle_event(poll.registry(), event, now).unwrap();
+    }
+    server.handle_timeout(poll.registry(), now).unwrap();
+}

@@ -485,13 +485,13 @@ fn run(plan: Plan) -> io::Result<Report> {
             if client.connected {
                 continue;
             }
-            match client.stream.take_error() {
-                Ok(None) if client.stream.peer_addr().is_ok() => {
+            match connect_outcome(&client.stream) {
+                Some(Ok(())) => {
                     client.connected = true;
                     connected += 1;
                 }
-                Ok(None) => {}
-                Ok(Some(e)) | Err(e) => {
+                None => {}
+                Some(Err(e)) => {
                     // Retried: a refused or reset connect under a storm of
                     // connects is the server's backlog, not a wrong echo.
                     failed_connects += 1;
@@ -606,14 +606,14 @@ fn run(plan: Plan) -> io::Result<Report> {
             };
             if !client.connected {
                 // Churn: a connect finished (or failed).
-                match client.stream.take_error() {
-                    Ok(None) if client.stream.peer_addr().is_ok() => {
+                match connect_outcome(&client.stream) {
+                    Some(Ok(())) => {
                         client.connected = true;
                         client.active = true;
                         issue_initial(client, &plan, now);
                     }
-                    Ok(None) => continue,
-                    Ok(Some(_)) | Err(_) => {
+                    None => continue,
+                    Some(Err(_)) => {
                         stats.errors += 1;
                         close(&poll, &mut clients, key);
                         if running {
@@ -898,6 +898,15 @@ fn open_one(
         active: false,
     });
     Ok(())
+}
+
+/// How a non-blocking connect ended: `None` while it is still in progress.
+fn connect_outcome(stream: &TcpStream) -> Option<io::Result<()>> {
+    match stream.take_error() {
+        Ok(None) if stream.peer_addr().is_ok() => Some(Ok(())),
+        Ok(None) => None,
+        Ok(Some(e)) | Err(e) => Some(Err(e)),
+    }
 }
 
 /// Closes with a reset (SO_LINGER 0): no TIME_WAIT for the next run.
