@@ -19,22 +19,36 @@ pub fn server_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_echoloop"))
 }
 
-/// An example binary. Plain `cargo test` builds the examples before it runs
-/// any test; a filtered run (`cargo test --test embed`) may need
-/// `cargo build --examples` first.
+/// An example binary, built by this call if needed (once per test process):
+/// `cargo build --example NAME` with the cargo, profile and target
+/// directory of this test binary, so a filtered run on a clean `target/`
+/// (`cargo test --test embed`) works as well as plain `cargo test`.
 pub fn example_bin(name: &str) -> PathBuf {
+    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let mut dir = std::env::current_exe().expect("test executable path");
-    dir.pop(); // deps
+    dir.pop(); // the test binary
     if dir.ends_with("deps") {
         dir.pop();
     }
-    let path = dir.join("examples").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run plain `cargo test`, or `cargo build --examples` first",
-        path.display()
-    );
-    path
+    // `dir` is target/<profile>; its parent is the target directory.
+    let release = dir.ends_with("release");
+    let target_dir = dir.parent().expect("target directory").to_path_buf();
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !built.iter().any(|b| b == name) {
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "--quiet", "--example", name])
+            .arg("--manifest-path")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
+            .arg("--target-dir")
+            .arg(&target_dir);
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build --example");
+        assert!(status.success(), "cargo build --example {name} failed");
+        built.push(name.to_string());
+    }
+    dir.join("examples").join(name)
 }
 
 /// A running server process, killed on drop if still running.
