@@ -65,14 +65,27 @@ impl Pending {
         &self.buf[self.start..]
     }
 
-    fn push(&mut self, bytes: &[u8]) {
+    /// Appends `bytes`; the capacity never exceeds `bound` unless the unsent
+    /// bytes themselves need more.
+    fn push(&mut self, bytes: &[u8], bound: usize) {
         // Move the unsent tail to the front before growing, so the buffer's
         // capacity stays near the high-water mark instead of creeping upward.
         if self.start > 0 && self.buf.len() + bytes.len() > self.buf.capacity() {
             self.buf.drain(..self.start);
             self.start = 0;
         }
+        let needed = self.buf.len() + bytes.len();
+        if needed > self.buf.capacity() {
+            // Double as a Vec would, but never past the bound: a doubled
+            // 64 KiB buffer would hold 128 KiB for a 64 KiB cap (issue 8).
+            let target = needed.max(self.buf.capacity().saturating_mul(2).min(bound));
+            self.buf.reserve_exact(target - self.buf.len());
+        }
         self.buf.extend_from_slice(bytes);
+    }
+
+    fn capacity(&self) -> usize {
+        self.buf.capacity()
     }
 
     fn consume(&mut self, n: usize) {
@@ -115,6 +128,11 @@ impl Scratch {
         }
     }
 
+    /// Size of the read buffer.
+    pub fn read_len(&self) -> usize {
+        self.read.len()
+    }
+
     fn give_back(&mut self, pending: Box<Pending>) {
         if self.spare.len() < SPARE_BUFFERS {
             self.spare.push(pending);
@@ -151,8 +169,8 @@ pub struct Progress {
 // Bits of `Connection::flags`.
 const READ_CLOSED: u8 = 1; // the peer sent FIN: read returned 0
 const PAUSED: u8 = 2; // backpressure: too much pending, reads stopped
-const WRITE_SHUT: u8 = 4; // we shut down our write half
-const FIN_QUEUED: u8 = 8; // an event said the peer closed: read on to 0
+const WRITE_SHUT: u8 = 4; // we shut down our write half (sent our FIN)
+const READ_TO_END: u8 = 8; // an event said FIN or urgent data: read to WouldBlock
 
 /// One peer's echo state.
 ///
@@ -211,12 +229,26 @@ impl<S: Read + Write + HalfClose> Connection<S> {
         self.flags & READ_CLOSED != 0
     }
 
+    /// True once our write side is shut down: our FIN is sent (or queued
+    /// behind the bytes the kernel still holds).
+    pub fn write_shut(&self) -> bool {
+        self.flags & WRITE_SHUT != 0
+    }
+
     /// Notes that a readiness event reported the peer's FIN (mio's
     /// `is_read_closed`). The FIN may sit behind data in the receive queue,
     /// and it raises no further edge, so from now on reads continue until
     /// they return 0 instead of stopping at a short read.
     pub fn peer_closing(&mut self) {
-        self.flags |= FIN_QUEUED;
+        self.flags |= READ_TO_END;
+    }
+
+    /// Notes that a readiness event reported TCP urgent data (mio's
+    /// `is_priority`). A Linux read stops at the urgent mark, so a short
+    /// read no longer proves the queue empty and the bytes behind the mark
+    /// raise no new edge: from now on reads continue until `WouldBlock`.
+    pub fn urgent_data(&mut self) {
+        self.flags |= READ_TO_END;
     }
 
     /// True while reading is paused by backpressure.
@@ -227,7 +259,7 @@ impl<S: Read + Write + HalfClose> Connection<S> {
     /// True when this connection has nothing left to do: the peer half-closed,
     /// every byte was echoed and our write side was shut down.
     pub fn is_done(&self) -> bool {
-        self.flags & WRITE_SHUT != 0
+        self.flags & (READ_CLOSED | WRITE_SHUT) == READ_CLOSED | WRITE_SHUT
     }
 
     /// The readiness this connection wants next, derived from its state.
@@ -243,6 +275,12 @@ impl<S: Read + Write + HalfClose> Connection<S> {
             (false, true) => Some(Interest::WRITABLE),
             (false, false) => None,
         }
+    }
+
+    /// Bytes of heap this connection's pending buffer holds (its capacity),
+    /// 0 when nothing is pending.
+    pub fn pending_capacity(&self) -> usize {
+        self.pending.as_ref().map_or(0, |p| p.capacity())
     }
 
     /// Echoes as much as the stream allows right now.
@@ -308,8 +346,19 @@ impl<S: Read + Write + HalfClose> Connection<S> {
                 progress.more = true;
                 break;
             }
-            let room = limits.max_pending.saturating_sub(self.pending_len());
-            let want = scratch.read.len().min(room).min(budget);
+            // While nothing is pending, each chunk goes straight back, so a
+            // whole buffer may be read; once bytes are pending, new ones
+            // queue behind them and only the room under the cap is read
+            // (issue 8: capping every read by the room made `--max-pending 1`
+            // read one byte at a time). So pending bytes never exceed
+            // max(max_pending, read buffer).
+            let want = match self.pending {
+                None => scratch.read.len().min(budget),
+                Some(_) => {
+                    let room = limits.max_pending.saturating_sub(self.pending_len());
+                    scratch.read.len().min(room).min(budget)
+                }
+            };
             if want == 0 {
                 self.pause(&mut progress);
                 break;
@@ -322,6 +371,8 @@ impl<S: Read + Write + HalfClose> Connection<S> {
                 }
                 Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    // Past any urgent mark: short reads prove "empty" again.
+                    self.flags &= !READ_TO_END;
                     progress.drained = true;
                     break;
                 }
@@ -330,6 +381,14 @@ impl<S: Read + Write + HalfClose> Connection<S> {
             };
             progress.bytes_in += n;
             budget = budget.saturating_sub(n);
+            if self.write_shut() {
+                // Our FIN is out, so these bytes can never be echoed: the
+                // peer must learn that by a reset, not by silence.
+                return Err(io::Error::new(
+                    ErrorKind::BrokenPipe,
+                    "data arrived after our FIN",
+                ));
+            }
             let chunk = &scratch.read[..n];
             // Echo at once; keep only what the socket would not take. If bytes
             // are already pending, new ones must queue behind them (order).
@@ -345,13 +404,14 @@ impl<S: Read + Write + HalfClose> Connection<S> {
                 let pending = self
                     .pending
                     .get_or_insert_with(|| spare.pop().unwrap_or_default());
-                pending.push(&scratch.read[sent..n]);
+                let bound = limits.max_pending.max(scratch.read.len());
+                pending.push(&scratch.read[sent..n], bound);
             }
             if self.pending_len() >= limits.max_pending {
                 self.pause(&mut progress);
                 break;
             }
-            if SHORT_READ_DRAINS && n < want && self.flags & FIN_QUEUED == 0 {
+            if SHORT_READ_DRAINS && n < want && self.flags & READ_TO_END == 0 {
                 progress.drained = true;
                 break;
             }
@@ -368,7 +428,7 @@ impl<S: Read + Write + HalfClose> Connection<S> {
     /// # Errors
     /// Whatever `shutdown(SHUT_WR)` reports.
     pub fn shutdown_write(&mut self) -> io::Result<()> {
-        if !self.is_done() {
+        if !self.write_shut() {
             self.flags |= WRITE_SHUT;
             self.stream.shutdown_write()?;
         }

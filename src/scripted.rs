@@ -99,7 +99,8 @@ impl HalfClose for Scripted {
 
 /// Drives `conn` as the loop would on each edge, up to `max_drives` times,
 /// until it is done or (without EOF) has echoed all input. After every step
-/// it checks that pending bytes never exceed `limits.max_pending` and that
+/// it checks that pending bytes (and the pending buffer's capacity) never
+/// exceed max(`limits.max_pending`, the read buffer) and that
 /// [`Connection::wanted`] matches the state. At the end it checks that the
 /// output equals the input and that the write side was shut down exactly when
 /// the peer half-closed. Scripted `Fail` steps end it early with `Ok`.
@@ -117,10 +118,11 @@ pub fn drive_checked(
             return Ok(()); // a scripted failure: the loop would close it
         }
         let pending = conn.pending_len();
-        if pending > limits.max_pending {
+        let bound = limits.max_pending.max(scratch.read_len());
+        if pending > bound || conn.pending_capacity() > bound {
             return Err(format!(
-                "{pending} bytes pending, cap {}",
-                limits.max_pending
+                "{pending} bytes pending in {} of capacity, bound {bound}",
+                conn.pending_capacity()
             ));
         }
         let reading = !conn.read_closed() && !conn.is_paused() && !conn.is_done();

@@ -33,6 +33,21 @@ use crate::token::{Target, Tokens, MAX_LISTENERS};
 /// Elsewhere each accepted socket gets it. Test: `accepted_sockets_have_nodelay`.
 const NODELAY_INHERITED: bool = cfg!(target_os = "linux");
 
+/// Also inherited on Linux: SO_OOBINLINE, which keeps a TCP urgent byte in
+/// the stream so that it is echoed like any other (RFC 862: every byte).
+const OOBINLINE_INHERITED: bool = cfg!(target_os = "linux");
+
+/// During shutdown, a connection that has had nothing to read and nothing
+/// to write for this long, and has nothing in its receive queue, is sent our
+/// FIN. Bytes a client wrote before the signal are then long past: on
+/// loopback or a LAN they arrive within a round trip or a delayed ACK
+/// (40 ms), and while our receive queue is empty the client's kernel has an
+/// open window to send them. The socket stays open until the client's own
+/// FIN (or the deadline), so nothing it sends after is met by a surprise.
+pub const SHUTDOWN_QUIET: Duration = Duration::from_millis(250);
+/// How often shutdown looks for quiet connections.
+const QUIET_SWEEP: Duration = Duration::from_millis(50);
+
 /// First pause after the process runs out of descriptors on accept.
 const BACKOFF_START: Duration = Duration::from_millis(10);
 /// The pause doubles on each failed retry, up to this.
@@ -67,6 +82,10 @@ pub struct Stats {
     pub closed_by_idle: u64,
     /// Closed by shutdown.
     pub closed_by_shutdown: u64,
+    /// Closes (of any kind above) done with a reset (SO_LINGER 0) because
+    /// bytes remained in either direction or the connection failed: the
+    /// peer sees an error, never a FIN after a truncated echo.
+    pub closed_with_reset: u64,
     /// Bytes read from peers.
     pub bytes_in: u64,
     /// Bytes written to peers.
@@ -91,7 +110,7 @@ impl fmt::Display for Stats {
         write!(
             f,
             "accepted={} rejected={} active={} closed_by_peer={} closed_by_error={} \
-             closed_by_idle={} closed_by_shutdown={} bytes_in={} bytes_out={} \
+             closed_by_idle={} closed_by_shutdown={} closed_with_reset={} bytes_in={} bytes_out={} \
              backpressure_pauses={} accept_backoffs={} backed_off_ms={} budget_yields={} \
              accept_yields={} accept_errors={}",
             self.accepted,
@@ -101,6 +120,7 @@ impl fmt::Display for Stats {
             self.closed_by_error,
             self.closed_by_idle,
             self.closed_by_shutdown,
+            self.closed_with_reset,
             self.bytes_in,
             self.bytes_out,
             self.backpressure_pauses,
@@ -147,6 +167,14 @@ struct Backoff {
     delay: Duration,
     // A connection closed, so a descriptor is free: retry now.
     retry_now: bool,
+}
+
+/// Shutdown in progress.
+struct Shutdown {
+    // None if the timeout is too far away to be an `Instant`.
+    deadline: Option<Instant>,
+    // When to look for quiet connections next.
+    next_sweep: Instant,
 }
 
 /// A deadline in the idle queue. Lazy: a connection's traffic only updates
@@ -212,8 +240,9 @@ pub struct EchoServer {
     epoch: Instant,
     next_generation: u16,
     backoff: Option<Backoff>,
-    // Shutdown has begun; connections close once quiet or at this deadline.
-    shutdown_deadline: Option<Instant>,
+    // Some once shutdown has begun: connections get our FIN once the peer
+    // finished or went quiet, and are closed at the deadline.
+    shutdown: Option<Shutdown>,
     over_limit_warned: bool,
     stats: Stats,
 }
@@ -252,7 +281,7 @@ impl EchoServer {
             epoch: Instant::now(),
             next_generation: 0,
             backoff: None,
-            shutdown_deadline: None,
+            shutdown: None,
             over_limit_warned: false,
             stats: Stats::default(),
         }
@@ -305,7 +334,7 @@ impl EchoServer {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn adopt(&mut self, listener: TcpListener) -> io::Result<SocketAddr> {
-        if self.listeners.len() >= MAX_LISTENERS || self.shutdown_deadline.is_some() {
+        if self.listeners.len() >= MAX_LISTENERS || self.shutdown.is_some() {
             return Err(io::Error::new(
                 ErrorKind::InvalidInput,
                 format!("at most {MAX_LISTENERS} listeners, and none after shutdown"),
@@ -314,6 +343,9 @@ impl EchoServer {
         let addr = listener.local_addr()?;
         if NODELAY_INHERITED {
             socket2::SockRef::from(&listener).set_nodelay(true)?;
+        }
+        if OOBINLINE_INHERITED {
+            socket2::SockRef::from(&listener).set_out_of_band_inline(true)?;
         }
         self.listeners.push(Listener {
             socket: Some(listener),
@@ -386,15 +418,18 @@ impl EchoServer {
             event.is_writable(),
             event.is_read_closed(),
         );
-        self.handle_token(registry, event.token(), event.is_read_closed(), now)
+        let hints = Hints {
+            read_closed: event.is_read_closed(),
+            urgent: event.is_priority(),
+        };
+        self.handle_token(registry, event.token(), hints, now)
     }
 
-    // `read_closed`: the event carried the peer's FIN.
     fn handle_token(
         &mut self,
         registry: &Registry,
         token: Token,
-        read_closed: bool,
+        hints: Hints,
         now: Instant,
     ) -> io::Result<()> {
         match self.tokens.decode(token) {
@@ -408,8 +443,11 @@ impl EchoServer {
                 Some(conn) => {
                     // No further edge will announce this FIN: remember it
                     // (see `Connection::peer_closing`).
-                    if read_closed {
+                    if hints.read_closed {
                         conn.peer_closing();
+                    }
+                    if hints.urgent {
+                        conn.urgent_data();
                     }
                     self.drive(registry, key, now);
                 }
@@ -443,11 +481,18 @@ impl EchoServer {
         let idle = self
             .idle
             .peek()
-            .map(|Reverse(check)| self.epoch + Duration::from_millis(check.due_ms));
+            .and_then(|Reverse(check)| self.epoch.checked_add(Duration::from_millis(check.due_ms)));
+        let (deadline, sweep) = match &self.shutdown {
+            Some(shutdown) if !self.conns.is_empty() => {
+                (shutdown.deadline, Some(shutdown.next_sweep))
+            }
+            _ => (None, None),
+        };
         [
             self.backoff.as_ref().map(|b| b.until),
             idle,
-            self.shutdown_deadline,
+            deadline,
+            sweep,
         ]
         .into_iter()
         .flatten()
@@ -477,25 +522,33 @@ impl EchoServer {
         }
         self.accept_due(registry, now)?;
         self.close_idle(registry, now);
-        if self
-            .shutdown_deadline
-            .is_some_and(|deadline| now >= deadline)
-        {
+        let deadline = self.shutdown.as_ref().and_then(|s| s.deadline);
+        if deadline.is_some_and(|deadline| now >= deadline) {
             self.close_all(registry);
+        } else {
+            self.finish_quiet(registry, now);
         }
         Ok(())
     }
 
-    /// Begins an orderly shutdown: stop accepting, echo what clients already
-    /// sent (including bytes still in the kernel's receive buffers), flush
-    /// pending bytes for up to `shutdown_timeout`, and close each connection
-    /// with a FIN once it is quiet. Calling it again does nothing.
+    /// Begins an orderly shutdown: stop accepting, and keep echoing until
+    /// each client has everything back, for up to `shutdown_timeout`.
+    /// Calling it again does nothing.
+    ///
+    /// A connection ends with an orderly FIN only when every byte it sent has
+    /// been echoed: after the client's own FIN, or once it has been quiet for
+    /// [`SHUTDOWN_QUIET`] (nothing read, nothing pending, nothing in its
+    /// receive queue) — then our FIN goes out and the socket stays open until
+    /// the client's FIN, so bytes still in flight are never met by a reset.
+    /// A short read proves nothing here: the client may have more in flight.
+    /// At the deadline, connections still open are closed, with a reset if
+    /// bytes remain in either direction (see [`EchoServer::close_all`]).
     ///
     /// Work: closes the listeners and queues every connection for the next
     /// [`EchoServer::handle_timeout`], O(connections).
     ///
     /// ```
-    /// use std::time::{Duration, Instant};
+    /// use std::time::Instant;
     /// let poll = mio::Poll::new()?;
     /// let mut server = echoloop::EchoServer::new(Default::default(), mio::Token(0));
     /// let addr = server.bind("127.0.0.1:0".parse().unwrap())?;
@@ -505,20 +558,24 @@ impl EchoServer {
     /// // No connections: finished at once, and the port is closed.
     /// assert!(server.is_finished());
     /// assert!(std::net::TcpStream::connect(addr).is_err());
-    /// // With connections, the deadline bounds the wait.
-    /// assert!(server.poll_timeout(now).unwrap() <= Duration::from_secs(5));
+    /// // Nothing left to wait for (with connections, the deadline and the
+    /// // quiet checks would bound the sleep).
+    /// assert_eq!(server.poll_timeout(now), None);
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn begin_shutdown(&mut self, registry: &Registry, now: Instant) {
-        if self.shutdown_deadline.is_some() {
+        if self.shutdown.is_some() {
             return;
         }
         info!(
-            "shutting down: {} connections to flush, at most {:?}",
-            self.conns.len(),
-            self.config.shutdown_timeout
+            "shutting down: {} to flush, at most {}",
+            plural(self.conns.len(), "connection"),
+            human_duration(self.config.shutdown_timeout)
         );
-        self.shutdown_deadline = Some(now + self.config.shutdown_timeout);
+        self.shutdown = Some(Shutdown {
+            deadline: now.checked_add(self.config.shutdown_timeout),
+            next_sweep: now.checked_add(SHUTDOWN_QUIET).unwrap_or(now),
+        });
         for listener in &mut self.listeners {
             if let Some(mut socket) = listener.socket.take() {
                 if listener.registered {
@@ -531,18 +588,25 @@ impl EchoServer {
         if let Some(backoff) = self.backoff.take() {
             self.stats.backed_off += now.saturating_duration_since(backoff.since);
         }
-        let keys = self.keys();
-        for key in keys {
+        // Every connection is read once more (bytes may sit in its receive
+        // queue with no edge to come), and its quiet period starts now.
+        let now_ms = self.millis(now) as u32;
+        for key in self.keys() {
+            self.conns[key].last_active = now_ms;
             self.queue(key);
         }
     }
 
     /// Ends shutdown now: stops accepting if that has not happened yet, then
-    /// sends each connection a FIN and closes it, whatever is still pending.
-    /// Used when the shutdown timeout passes, and by the binary on a second
-    /// SIGINT or SIGTERM. Afterwards [`EchoServer::is_finished`] is true.
+    /// closes every connection. One with bytes left in either direction
+    /// (pending echoes, or unread bytes in its receive queue) is reset
+    /// (SO_LINGER 0), so its client sees an error rather than a FIN after a
+    /// truncated echo; the others get an orderly FIN after what the kernel
+    /// still holds for them. Used when the shutdown timeout passes, and by
+    /// the binary on a second SIGINT or SIGTERM. Afterwards
+    /// [`EchoServer::is_finished`] is true.
     ///
-    /// Work: one `shutdown` and one close per connection, O(connections).
+    /// Work: one `ioctl` and one close per connection, O(connections).
     ///
     /// ```
     /// use std::time::Instant;
@@ -555,17 +619,14 @@ impl EchoServer {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn close_all(&mut self, registry: &Registry) {
-        if self.shutdown_deadline.is_none() {
+        if self.shutdown.is_none() {
             self.begin_shutdown(registry, Instant::now());
         }
         let keys = self.keys();
         if !keys.is_empty() {
-            info!("closing {} connections now", keys.len());
+            info!("closing {} now", plural(keys.len(), "connection"));
         }
         for key in keys {
-            if let Err(err) = self.conns[key].shutdown_write() {
-                debug!("connection {key}: shutdown failed: {err}");
-            }
             self.close(registry, key, Reason::Shutdown);
         }
     }
@@ -573,7 +634,7 @@ impl EchoServer {
     /// True once shutdown has begun and every connection is closed: the host
     /// may drop the server.
     pub fn is_finished(&self) -> bool {
-        self.shutdown_deadline.is_some() && self.conns.is_empty()
+        self.shutdown.is_some() && self.conns.is_empty()
     }
 
     /// The counters so far. Work: O(1).
@@ -628,7 +689,7 @@ impl EchoServer {
         peer: SocketAddr,
         now: Instant,
     ) {
-        if self.conns.len() >= self.config.max_connections || self.shutdown_deadline.is_some() {
+        if self.conns.len() >= self.config.max_connections || self.shutdown.is_some() {
             self.stats.rejected += 1;
             if !self.over_limit_warned {
                 warn!(
@@ -657,7 +718,7 @@ impl EchoServer {
         self.next_generation = self.next_generation.wrapping_add(1);
         let generation = self.next_generation;
         let token = self.tokens.connection(key, generation);
-        if let Err(err) = registry.register(&mut stream, token, Interest::READABLE) {
+        if let Err(err) = registry.register(&mut stream, token, with_urgent(Interest::READABLE)) {
             debug!("{peer}: closed, register failed: {err}");
             self.stats.accept_errors += 1;
             return;
@@ -670,7 +731,7 @@ impl EchoServer {
         self.stats.accepted += 1;
         if let Some(timeout) = self.config.idle_timeout {
             self.idle.push(Reverse(IdleCheck {
-                due_ms: now_ms + timeout.as_millis() as u64,
+                due_ms: now_ms.saturating_add(millis_of(timeout)),
                 key: key as u32,
                 generation,
             }));
@@ -694,22 +755,18 @@ impl EchoServer {
             self.conns[key].pending_len()
         );
         self.count(&progress);
-        if progress.bytes_in + progress.bytes_out > 0 && self.config.idle_timeout.is_some() {
+        let timed = self.config.idle_timeout.is_some() || self.shutdown.is_some();
+        if progress.bytes_in + progress.bytes_out > 0 && timed {
             let now_ms = self.millis(now) as u32;
             self.conns[key].last_active = now_ms;
         }
-        let conn = &mut self.conns[key];
-        if conn.is_done() {
+        if self.conns[key].is_done() {
             debug!("connection {key}: closed by peer, all echoed");
-            return self.close(registry, key, Reason::Peer);
-        }
-        if self.shutdown_deadline.is_some() && progress.drained && conn.pending_len() == 0 {
-            // Shutting down and this connection is quiet: everything it sent
-            // has been echoed. Send our FIN and close.
-            if let Err(err) = conn.shutdown_write() {
-                debug!("connection {key}: shutdown failed: {err}");
-            }
-            return self.close(registry, key, Reason::Shutdown);
+            let reason = match self.shutdown {
+                Some(_) => Reason::Shutdown,
+                None => Reason::Peer,
+            };
+            return self.close(registry, key, reason);
         }
         if progress.more {
             self.stats.budget_yields += 1;
@@ -740,7 +797,7 @@ impl EchoServer {
         };
         if bits != conn.registered & (REG_READ | REG_WRITE) {
             let token = self.tokens.connection(key, conn.generation);
-            registry.reregister(conn.stream_mut(), token, want)?;
+            registry.reregister(conn.stream_mut(), token, with_urgent(want))?;
             conn.registered = bits | (conn.registered & QUEUED);
         }
         Ok(())
@@ -754,11 +811,32 @@ impl EchoServer {
         }
     }
 
-    // Deregister before dropping a socket; this is the one place that does it.
+    // Deregister before dropping a socket; this is the one place that does
+    // it, and the one place that decides between FIN and reset.
     fn close(&mut self, registry: &Registry, key: usize, reason: Reason) {
         let mut conn = self.conns.remove(key);
         if let Err(err) = registry.deregister(conn.stream_mut()) {
             debug!("connection {key}: deregister failed: {err}");
+        }
+        // A FIN means "everything was echoed". Closing with bytes unread
+        // would make the kernel choose (it resets), and closing with bytes
+        // pending would send a FIN after a truncated echo: reset on purpose.
+        let reset = match reason {
+            Reason::Peer => false,
+            Reason::Error => true,
+            Reason::Idle | Reason::Shutdown => {
+                !conn.is_done()
+                    && (conn.pending_len() > 0 || unread(conn.stream_mut()).map_or(true, |n| n > 0))
+            }
+        };
+        if reset {
+            self.stats.closed_with_reset += 1;
+            debug!("connection {key}: reset, bytes left in flight");
+            if let Err(err) =
+                socket2::SockRef::from(&*conn.stream_mut()).set_linger(Some(Duration::ZERO))
+            {
+                debug!("connection {key}: SO_LINGER failed: {err}");
+            }
         }
         conn.release(&mut self.scratch);
         let counter = match reason {
@@ -782,8 +860,8 @@ impl EchoServer {
     fn back_off(&mut self, now: Instant, err: &io::Error) {
         match self.backoff.as_mut() {
             Some(backoff) => {
-                backoff.delay = (backoff.delay * 2).min(BACKOFF_MAX);
-                backoff.until = now + backoff.delay;
+                backoff.delay = backoff.delay.saturating_mul(2).min(BACKOFF_MAX);
+                backoff.until = now.checked_add(backoff.delay).unwrap_or(now);
                 backoff.retry_now = false;
                 debug!(
                     "accept: still out of descriptors, next try in {:?}",
@@ -799,7 +877,7 @@ impl EchoServer {
                 self.stats.accept_backoffs += 1;
                 self.backoff = Some(Backoff {
                     since: now,
-                    until: now + BACKOFF_START,
+                    until: now.checked_add(BACKOFF_START).unwrap_or(now),
                     delay: BACKOFF_START,
                     retry_now: false,
                 });
@@ -834,7 +912,7 @@ impl EchoServer {
         let Some(timeout) = self.config.idle_timeout else {
             return;
         };
-        let timeout_ms = timeout.as_millis() as u64;
+        let timeout_ms = millis_of(timeout);
         let now_ms = self.millis(now);
         let mut closed = 0;
         while closed < IDLE_CLOSES_PER_TURN {
@@ -859,7 +937,7 @@ impl EchoServer {
                 // Traffic since this check was queued: look again when the
                 // connection could next be idle long enough.
                 self.idle.push(Reverse(IdleCheck {
-                    due_ms: now_ms + (timeout_ms - idle_ms),
+                    due_ms: now_ms.saturating_add(timeout_ms - idle_ms),
                     ..check
                 }));
             }
@@ -895,7 +973,107 @@ impl EchoServer {
     }
 
     fn millis(&self, now: Instant) -> u64 {
-        now.saturating_duration_since(self.epoch).as_millis() as u64
+        millis_of(now.saturating_duration_since(self.epoch))
+    }
+
+    /// During shutdown: sends our FIN to each connection that has gone
+    /// quiet (see [`SHUTDOWN_QUIET`]) and reads again any that has bytes
+    /// waiting. Runs every `QUIET_SWEEP`; O(connections) each time, plus one
+    /// `ioctl` per connection that is a candidate.
+    fn finish_quiet(&mut self, registry: &Registry, now: Instant) {
+        let Some(shutdown) = self.shutdown.as_mut() else {
+            return;
+        };
+        if now < shutdown.next_sweep || self.conns.is_empty() {
+            return;
+        }
+        shutdown.next_sweep = now.checked_add(QUIET_SWEEP).unwrap_or(now);
+        let now_ms = self.millis(now) as u32;
+        let quiet_ms = millis_of(SHUTDOWN_QUIET) as u32;
+        for key in self.keys() {
+            let conn = &mut self.conns[key];
+            let quiet = now_ms.wrapping_sub(conn.last_active) >= quiet_ms;
+            if !quiet || conn.write_shut() || conn.pending_len() > 0 || conn.is_paused() {
+                continue;
+            }
+            match unread(conn.stream_mut()) {
+                Ok(0) => {
+                    if let Err(err) = conn.shutdown_write() {
+                        debug!("connection {key}: shutdown failed: {err}");
+                        self.close(registry, key, Reason::Error);
+                    } else {
+                        debug!("connection {key}: quiet, FIN sent");
+                    }
+                }
+                // Bytes wait with no edge to announce them: read them.
+                Ok(_) => self.queue(key),
+                Err(err) => {
+                    debug!("connection {key}: closed, FIONREAD failed: {err}");
+                    self.close(registry, key, Reason::Error);
+                }
+            }
+        }
+    }
+}
+
+/// What an event said beyond "ready".
+#[derive(Debug, Clone, Copy, Default)]
+struct Hints {
+    // The peer's FIN has arrived.
+    read_closed: bool,
+    // TCP urgent data has arrived.
+    urgent: bool,
+}
+
+/// `interest` plus PRIORITY where urgent data must be noticed (Linux: a
+/// read stops at the urgent mark, see `Connection::urgent_data`). Costs no
+/// syscall: it rides along with registrations made anyway.
+fn with_urgent(interest: Interest) -> Interest {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let interest = if interest.is_readable() {
+        interest.add(Interest::PRIORITY)
+    } else {
+        interest
+    };
+    interest
+}
+
+/// Bytes waiting in a socket's receive queue (FIONREAD). Only on the
+/// shutdown and close paths, never per message.
+fn unread(stream: &mut TcpStream) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int through the pointer we pass, and the
+    // descriptor is open for as long as `stream` is borrowed.
+    let rc = unsafe { libc::ioctl(stream.as_raw_fd(), libc::FIONREAD, &mut n) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(n).unwrap_or(0))
+}
+
+/// Whole milliseconds in `d`, saturating at `u64::MAX`.
+fn millis_of(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// "1 connection", "2 connections".
+pub(crate) fn plural(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+/// A duration as people write it: "5 s", "250 ms", "1.5 s", "0 s".
+pub(crate) fn human_duration(d: Duration) -> String {
+    if d.is_zero() {
+        "0 s".to_string()
+    } else if d < Duration::from_secs(1) && d.subsec_nanos() % 1_000_000 == 0 {
+        format!("{} ms", d.as_millis())
+    } else {
+        format!("{} s", d.as_secs_f64())
     }
 }
 
@@ -960,7 +1138,7 @@ mod tests {
         for _ in 0..1000 {
             let listener = server.tokens.listener(0);
             server
-                .handle_token(poll.registry(), listener, false, Instant::now())
+                .handle_token(poll.registry(), listener, Hints::default(), Instant::now())
                 .unwrap();
             if server.stats().accepted > before {
                 break;
@@ -988,13 +1166,13 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         // The event queued for A arrives now: it must not touch B.
         server
-            .handle_token(poll.registry(), token_a, false, Instant::now())
+            .handle_token(poll.registry(), token_a, Hints::default(), Instant::now())
             .unwrap();
         assert_eq!(server.stats().bytes_in, 0, "stale event drove the newcomer");
         assert_eq!(server.stats().active, 1);
         // B's own event echoes B's bytes.
         server
-            .handle_token(poll.registry(), token_b, false, Instant::now())
+            .handle_token(poll.registry(), token_b, Hints::default(), Instant::now())
             .unwrap();
         assert_eq!(server.stats().bytes_in, 10);
     }
@@ -1036,7 +1214,7 @@ mod tests {
         assert!(!server.owns(Token(99)));
         assert!(server.owns(Token(100)));
         server
-            .handle_token(poll.registry(), Token(5), false, Instant::now())
+            .handle_token(poll.registry(), Token(5), Hints::default(), Instant::now())
             .unwrap();
         assert_eq!(server.stats(), Stats::default());
     }
