@@ -8,9 +8,12 @@ use crate::token::MAX_CONNECTIONS;
 /// Default high-water mark of pending bytes per connection: 64 KiB.
 ///
 /// Pending bytes exist only when the peer's socket would not take our echo
-/// (it is not reading). 64 KiB is one full read buffer, so a whole read that
-/// the socket refuses fits; the kernel's own send buffer (hundreds of KiB on
-/// loopback) sits in front of it. Worst case in user space at 19,000
+/// (it is not reading). A connection reads at most one read buffer while
+/// nothing is pending and only the room under the cap once something is, so
+/// its pending bytes, and its pending buffer's capacity, never exceed
+/// max(`max_pending`, `read_buffer`): 64 KiB by default, so a whole read
+/// that the socket refuses fits. The kernel's own send buffer (hundreds of
+/// KiB on loopback) sits in front of it. Worst case in user space at 19,000
 /// connections is 19,000 × 64 KiB ≈ 1.2 GiB.
 pub const DEFAULT_MAX_PENDING: usize = 64 * 1024;
 
@@ -31,6 +34,21 @@ pub const DEFAULT_ACCEPTS_PER_TURN: usize = 64;
 
 /// Default time that shutdown may spend flushing: 5 seconds.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Largest `max_pending`: 1 GiB.
+pub const MAX_MAX_PENDING: usize = 1 << 30;
+/// Largest `read_buffer`: 64 MiB (it is allocated up front).
+pub const MAX_READ_BUFFER: usize = 64 << 20;
+/// Largest `budget`: 1 GiB.
+pub const MAX_BUDGET: usize = 1 << 30;
+/// Largest `accepts_per_turn`: 1,000,000.
+pub const MAX_ACCEPTS_PER_TURN: usize = 1_000_000;
+/// Longest `idle_timeout`: 7 days. Idle times are kept as 32-bit
+/// milliseconds (to keep a connection at 24 bytes), which stay exact up to
+/// 24 days.
+pub const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Longest `shutdown_timeout`: 1 day.
+pub const MAX_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// Descriptors kept free beyond the connection limit (for the listeners,
 /// the poll instance, logging and the accept that rejects a connection
@@ -89,23 +107,46 @@ impl Config {
     /// Checks that every limit is usable; the message names the bad one.
     ///
     /// # Errors
-    /// A zero size, budget or accept count, or more connections than tokens.
+    /// A zero size, budget or accept count, a value above its maximum
+    /// (`MAX_*` in this module), or more connections than tokens.
     ///
     /// ```
     /// let bad = echoloop::Config { max_pending: 0, ..Default::default() };
     /// assert!(bad.validate().is_err());
     /// ```
     pub fn validate(&self) -> Result<(), String> {
-        let positive = [
-            ("max_pending", self.max_pending),
-            ("read_buffer", self.read_buffer),
-            ("budget", self.budget),
-            ("accepts_per_turn", self.accepts_per_turn),
+        let sizes = [
+            ("max_pending", self.max_pending, MAX_MAX_PENDING),
+            ("read_buffer", self.read_buffer, MAX_READ_BUFFER),
+            ("budget", self.budget, MAX_BUDGET),
+            (
+                "accepts_per_turn",
+                self.accepts_per_turn,
+                MAX_ACCEPTS_PER_TURN,
+            ),
         ];
-        for (name, value) in positive {
+        for (name, value, max) in sizes {
             if value == 0 {
                 return Err(format!("{name} must be at least 1"));
             }
+            if value > max {
+                return Err(format!("{name} must be at most {max}"));
+            }
+        }
+        if self
+            .idle_timeout
+            .is_some_and(|t| t.is_zero() || t > MAX_IDLE_TIMEOUT)
+        {
+            return Err(format!(
+                "idle_timeout must be more than 0 and at most {}",
+                human_duration(MAX_IDLE_TIMEOUT)
+            ));
+        }
+        if self.shutdown_timeout > MAX_SHUTDOWN_TIMEOUT {
+            return Err(format!(
+                "shutdown_timeout must be at most {}",
+                human_duration(MAX_SHUTDOWN_TIMEOUT)
+            ));
         }
         if self.max_connections > MAX_CONNECTIONS {
             return Err(format!("max_connections must be at most {MAX_CONNECTIONS}"));
@@ -140,15 +181,62 @@ fn nofile() -> Option<libc::rlimit> {
 }
 
 /// Default connection limit: the open-files limit minus a reserve of
-/// [`DESCRIPTOR_RESERVE`] (or half the limit, if that is smaller), so running
-/// out of descriptors on accept stays the rare path.
-/// With no limit it is 1,000,000; it never exceeds [`MAX_CONNECTIONS`].
+/// [`DESCRIPTOR_RESERVE`] (64), or half the limit when the limit is under
+/// 128 (so 19,936 at 20,000, and 32 at 64), so running out of descriptors on
+/// accept stays the rare path. With no limit it is 1,000,000; it never
+/// exceeds [`MAX_CONNECTIONS`].
 pub fn default_max_connections() -> usize {
-    let derived = match open_files_limit() {
+    connections_for(open_files_limit())
+}
+
+/// The connection limit [`default_max_connections`] derives from an
+/// open-files limit (`None`: unlimited).
+///
+/// ```
+/// use echoloop::config::connections_for;
+/// assert_eq!(connections_for(Some(20_000)), 19_936);
+/// assert_eq!(connections_for(Some(64)), 32);
+/// ```
+pub fn connections_for(open_files: Option<u64>) -> usize {
+    let derived = match open_files {
         Some(limit) => limit - DESCRIPTOR_RESERVE.min(limit / 2),
         None => 1_000_000,
     };
     usize::try_from(derived).map_or(MAX_CONNECTIONS, |n| n.min(MAX_CONNECTIONS))
+}
+
+/// "1 connection", "2 connections": a count with its noun.
+///
+/// ```
+/// assert_eq!(echoloop::config::plural(1, "connection"), "1 connection");
+/// assert_eq!(echoloop::config::plural(0, "connection"), "0 connections");
+/// ```
+pub fn plural(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+/// A duration as people write it, for logs and messages.
+///
+/// ```
+/// use std::time::Duration;
+/// use echoloop::config::human_duration;
+/// assert_eq!(human_duration(Duration::ZERO), "0 s");
+/// assert_eq!(human_duration(Duration::from_millis(250)), "250 ms");
+/// assert_eq!(human_duration(Duration::from_millis(1500)), "1.5 s");
+/// assert_eq!(human_duration(Duration::from_secs(86400)), "86400 s");
+/// ```
+pub fn human_duration(d: Duration) -> String {
+    if d.is_zero() {
+        "0 s".to_string()
+    } else if d < Duration::from_secs(1) && d.subsec_nanos() % 1_000_000 == 0 {
+        format!("{} ms", d.as_millis())
+    } else {
+        format!("{} s", d.as_secs_f64())
+    }
 }
 
 /// Raises the soft open-files limit to the hard limit, so the server can hold

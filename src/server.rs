@@ -23,7 +23,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
 use slab::Slab;
 
-use crate::config::Config;
+use crate::config::{human_duration, plural, Config};
 use crate::connection::{Connection, Limits, Progress, Scratch};
 use crate::token::{Target, Tokens, MAX_LISTENERS};
 
@@ -1055,26 +1055,6 @@ fn unread(stream: &mut TcpStream) -> io::Result<usize> {
 /// Whole milliseconds in `d`, saturating at `u64::MAX`.
 fn millis_of(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// "1 connection", "2 connections".
-pub(crate) fn plural(n: usize, noun: &str) -> String {
-    if n == 1 {
-        format!("1 {noun}")
-    } else {
-        format!("{n} {noun}s")
-    }
-}
-
-/// A duration as people write it: "5 s", "250 ms", "1.5 s", "0 s".
-pub(crate) fn human_duration(d: Duration) -> String {
-    if d.is_zero() {
-        "0 s".to_string()
-    } else if d < Duration::from_secs(1) && d.subsec_nanos() % 1_000_000 == 0 {
-        format!("{} ms", d.as_millis())
-    } else {
-        format!("{} s", d.as_secs_f64())
-    }
 }
 
 fn interest_bits(interest: Interest) -> u8 {
