@@ -14,9 +14,12 @@ use std::time::{Duration, Instant};
 /// Every socket in the tests gets this timeout, so a bug fails instead of hanging.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// The server binary under test.
+/// The server binary under test: this package's `echoloop`, or the one
+/// named by `ECHOLOOP_BIN` (to show a regression test failing on an older
+/// build).
 pub fn server_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_echoloop"))
+    std::env::var_os("ECHOLOOP_BIN")
+        .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_echoloop")), PathBuf::from)
 }
 
 /// An example binary, built by this call if needed (once per test process):
