@@ -14,7 +14,8 @@
 #   (instructions of the long run - instructions of the short run)
 #   / (messages of the long run - messages of the short run)
 #
-# which charges connection set-up and tear-down to neither. Instructions are
+# which charges connection set-up and tear-down to neither. Connections end
+# with resets (--close reset), as in the matrix. Instructions are
 # a count, not a time: the figure repeats on a busy machine. Callgrind slows
 # the server about 50x, so it, not the load generator, is the bottleneck.
 # Installs valgrind if it is missing (Debian). KEEP_DUMPS=DIR keeps the dumps
@@ -58,7 +59,7 @@ measure() {
         callgrind_control -z "$pid" >/dev/null 2>&1
         local msgs
         msgs=$(taskset -c 1 "$load" pingpong --addr "$addr" -c 100 -s 64 -d 1 \
-            --warmup 0 --duration "$run" --json | sed 's/.*"total_msgs":\([0-9]*\).*/\1/')
+            --warmup 0 --duration "$run" --close reset --json | sed 's/.*"total_msgs":\([0-9]*\).*/\1/')
         callgrind_control -d "$pid" >/dev/null 2>&1
         # The newest dump holds what was counted since the zeroing above.
         local dump
@@ -79,4 +80,4 @@ measure() {
 
 echo "ping-pong 64 B x 100 connections, ${secs} s under callgrind; echoloop options: ${extra[*]:-(defaults)}"
 measure echoloop target/release/echoloop --listen 127.0.0.1:0 "${extra[@]}"
-measure tokio "$load" tokio-echo 127.0.0.1:0
+measure tokio "$load" tokio-echo --listen 127.0.0.1:0

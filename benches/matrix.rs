@@ -15,6 +15,9 @@
 //! ```
 //! Server syscalls per message (ping-pong 64 B x 100) are counted with
 //! `perf stat -e raw_syscalls:sys_enter` when perf is installed.
+//! Load runs end with resets (`loadgen ... --close reset`), so no TIME_WAIT
+//! piles up between back-to-back runs; the servers count those connections
+//! as closed by error.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -143,21 +146,10 @@ struct Sample {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    // The same executable is also the load generator and the tokio peer.
-    match args.first().map(String::as_str) {
-        Some("loadgen") => std::process::exit(echoloop_loadgen::main_with_args(args[1..].to_vec())),
-        Some("tokio-echo") => {
-            let addr = args
-                .get(1)
-                .and_then(|a| a.parse().ok())
-                .expect("tokio-echo ADDR");
-            if let Err(e) = echoloop_loadgen::tokio_peer::serve(addr) {
-                eprintln!("tokio-echo: {e}");
-                std::process::exit(1);
-            }
-            return;
-        }
-        _ => {}
+    // The same executable is also the load generator and the tokio peer:
+    // `matrix loadgen pingpong ...`, `matrix loadgen tokio-echo --listen ADDR`.
+    if args.first().map(String::as_str) == Some("loadgen") {
+        std::process::exit(echoloop_loadgen::main_with_args(args[1..].to_vec()));
     }
     let opts = Options::parse(&args);
     if let Some(json) = &opts.redraw {
@@ -314,7 +306,7 @@ impl Server {
             }
             Peer::Tokio => {
                 let mut cmd = pinned(std::env::current_exe().expect("own path"), SERVER_CORE);
-                cmd.args(["tokio-echo", "127.0.0.1:0"]);
+                cmd.args(["loadgen", "tokio-echo", "--listen", "127.0.0.1:0"]);
                 cmd
             }
         };
@@ -437,6 +429,12 @@ fn run_load(server: &Server, cell: &Cell, duration: f64, perf: bool, rss_empty: 
     args.extend(cell.args.iter().cloned());
     args.extend(["--duration".into(), duration.to_string()]);
     args.extend(["--addr".into(), server.addr.to_string(), "--json".into()]);
+    // Resets, not the load generator's default FIN: the churn cell opens
+    // tens of thousands of connections a run and the runs follow each other
+    // within seconds, so FIN closes would leave the load generator's side
+    // of each in TIME_WAIT and run out of ports. Every cell closes the same
+    // way, so the figures stay comparable with each other and earlier runs.
+    args.extend(["--close".into(), "reset".into()]);
     if perf {
         // Count the whole traffic phase against every message it echoed.
         args.extend(["--warmup".into(), "0".into()]);

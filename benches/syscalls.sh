@@ -9,6 +9,7 @@
 # figure is an upper bound), and divides by the messages the load generator
 # saw echoed. A 0.05 s run with the same 100 connections is subtracted first,
 # so connection set-up and tear-down are not charged to messages.
+# Connections end with resets (--close reset), as in the matrix.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-5}"
@@ -31,7 +32,8 @@ count() { # duration -> "syscalls messages"
     fi
     sleep 0.3
     local msgs
-    msgs=$(taskset -c 1 "$load" pingpong --addr "$addr" -c 100 -s 64 --warmup 0 --duration "$1" --json |
+    msgs=$(taskset -c 1 "$load" pingpong --addr "$addr" -c 100 -s 64 --warmup 0 --duration "$1" \
+        --close reset --json |
         sed 's/.*"total_msgs":\([0-9]*\).*/\1/')
     sleep 0.1
     kill -INT "$counter"; wait "$counter" 2>/dev/null || true

@@ -235,6 +235,78 @@ fn the_embed_example_serves_echo_and_its_own_udp() {
     assert!(child.wait().unwrap().success());
 }
 
+#[test]
+fn issue_9_the_embed_example_rejects_unknown_options() {
+    for args in [
+        &["--lisen", "127.0.0.1:0"][..],
+        &["--listen"][..],
+        &["--listen", "not-an-address"][..],
+    ] {
+        let out = Command::new(example_bin("embed"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run examples/embed");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(args[0]), "{args:?}: {stderr}");
+        assert!(!stderr.contains("Custom {"), "Debug output: {stderr}");
+        // Nothing was bound.
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+}
+
+#[test]
+fn issue_9_the_embed_example_shuts_down_gracefully_on_sigterm() {
+    // Standard input stays open (piped, never written), so only the signal
+    // can end the example.
+    let mut child = Command::new(example_bin("embed"))
+        .args(["--listen", "127.0.0.1:0", "--udp", "127.0.0.1:0"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run examples/embed");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let next_line = || {
+        rx.recv_timeout(IO_TIMEOUT)
+            .expect("a line from the example")
+    };
+    let tcp: SocketAddr = next_line()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let _udp = next_line();
+    let mut client = connect(tcp);
+    ping(&mut client, b"before the signal");
+    // Sent before the signal, read back after it: shutdown keeps every echo
+    // of what was sent, whether the server read it before or after.
+    client.write_all(b"in flight").unwrap();
+    // SAFETY: kill() only sends a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    finish_sending(&client);
+    assert_eq!(read_to_end(&mut client), b"in flight");
+    let last = next_line();
+    assert!(last.starts_with("echo server finished"), "{last}");
+    assert!(last.contains(" closed_by_error=0 "), "{last}");
+    let deadline = Instant::now() + IO_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the example did not exit");
+        thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+}
+
 fn start_minimal() -> Server {
     let mut cmd = Command::new(example_bin("minimal"));
     cmd.args(["--listen", "127.0.0.1:0"]);

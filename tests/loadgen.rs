@@ -5,7 +5,9 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
+use std::process::{Command, Output, Stdio};
 use std::thread;
+use std::time::Duration;
 
 use common::*;
 
@@ -90,4 +92,240 @@ fn a_server_that_is_not_there_fails_the_smoke_test() {
         .port();
     let addr = format!("127.0.0.1:{port}");
     assert_eq!(loadgen(&["once", "--addr", &addr, "anyone?"]), 1);
+}
+
+/// Runs the load generator's binary with `args`; its exit code and stdout.
+fn loadgen_process(args: &[&str]) -> (i32, String) {
+    let Output { status, stdout, .. } = Command::new(loadgen_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run the load generator");
+    let code = status.code().expect("exit code");
+    (code, String::from_utf8(stdout).expect("utf-8 output"))
+}
+
+/// The number after `"name":` in the load generator's JSON line.
+fn json_number(json: &str, name: &str) -> u64 {
+    let key = format!("\"{name}\":");
+    let at = json
+        .find(&key)
+        .unwrap_or_else(|| panic!("{name} in {json}"))
+        + key.len();
+    json[at..]
+        .split([',', '}'])
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} is not a number in {json}"))
+}
+
+/// The value of `name=` in the server's `shutdown complete: ...` log line.
+fn final_stat(log: &str, name: &str) -> u64 {
+    let line = log
+        .lines()
+        .find(|l| l.contains("shutdown complete:"))
+        .unwrap_or_else(|| panic!("no 'shutdown complete' line in:\n{log}"));
+    let key = format!(" {name}=");
+    let at = line
+        .find(&key)
+        .unwrap_or_else(|| panic!("{name} in {line}"))
+        + key.len();
+    line[at..]
+        .split(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} is not a number in {line}"))
+}
+
+#[test]
+fn issue_9_tokio_echo_is_a_listed_subcommand_with_help() {
+    assert_eq!(loadgen(&["tokio-echo", "--help"]), 0);
+    assert_eq!(loadgen(&["help", "tokio-echo"]), 0);
+    assert_eq!(loadgen(&["tokio-echo", "--listen", "nowhere"]), 2);
+    assert_eq!(loadgen(&["tokio-echo", "--bogus"]), 2);
+    let (code, help) = loadgen_process(&["--help"]);
+    assert_eq!(code, 0);
+    assert!(
+        help.lines()
+            .any(|l| l.trim_start().starts_with("tokio-echo")),
+        "tokio-echo is not listed in --help:\n{help}"
+    );
+    let (code, help) = loadgen_process(&["tokio-echo", "--help"]);
+    assert_eq!(code, 0);
+    assert!(help.contains("--listen"), "{help}");
+}
+
+#[test]
+fn issue_9_tokio_echo_on_port_0_says_where_it_listens_and_echoes() {
+    let mut cmd = Command::new(loadgen_bin());
+    cmd.args(["tokio-echo", "--listen", "127.0.0.1:0"]);
+    // Waits for `listening on IP:PORT` and parses the address.
+    let peer = Server::spawn(cmd, 1);
+    assert_ne!(peer.addr().port(), 0);
+    assert_eq!(
+        echo_verified(connect(peer.addr()), 7, 1 << 20, &[1, 4096, 65536]),
+        1 << 20
+    );
+    let addr = peer.addr().to_string();
+    assert_eq!(loadgen(&["once", "--addr", &addr, "tokio"]), 0);
+}
+
+#[test]
+fn issue_9_once_prints_the_reply_and_exactly_one_newline() {
+    let server = Server::start(&[]);
+    let addr = server.addr().to_string();
+    assert_eq!(
+        loadgen_process(&["once", "--addr", &addr, "hello"]),
+        (0, "hello\n".to_string())
+    );
+    // A reply that ends with a newline gets no second one.
+    assert_eq!(
+        loadgen_process(&["once", "--addr", &addr, "line\n"]),
+        (0, "line\n".to_string())
+    );
+}
+
+#[test]
+fn issue_9_stream_latency_is_measured_or_not_shown() {
+    let server = Server::start(&[]);
+    let addr = server.addr().to_string();
+    let stream = [
+        "stream",
+        "--addr",
+        &addr,
+        "-c",
+        "2",
+        "--duration",
+        "0.3",
+        "--warmup",
+        "0.1",
+    ];
+    let (code, text) = loadgen_process(&stream);
+    assert_eq!(code, 0, "{text}");
+    assert!(!text.contains("p50 0 us"), "{text}");
+    assert!(
+        text.contains("latency p50") || text.contains("latency: no samples"),
+        "{text}"
+    );
+    let json: Vec<&str> = stream.iter().copied().chain(["--json"]).collect();
+    let (code, line) = loadgen_process(&json);
+    assert_eq!(code, 0, "{line}");
+    // A percentile is 0 only when nothing was measured.
+    assert_eq!(
+        json_number(&line, "p50_us") == 0,
+        json_number(&line, "latency_samples") == 0,
+        "{line}"
+    );
+}
+
+#[test]
+fn issue_9_hold_reports_the_held_connections() {
+    let server = Server::start(&[]);
+    let addr = server.addr().to_string();
+    let hold = [
+        "hold",
+        "--addr",
+        &addr,
+        "-c",
+        "300",
+        "-k",
+        "10",
+        "--idle",
+        "0.1",
+        "--duration",
+        "0.2",
+        "--warmup",
+        "0",
+    ];
+    let (code, text) = loadgen_process(&hold);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.lines().any(|l| l == "held 300"), "{text}");
+    assert!(text.contains("mode hold conns 300 active 10"), "{text}");
+    let json: Vec<&str> = hold.iter().copied().chain(["--json"]).collect();
+    let (code, out) = loadgen_process(&json);
+    assert_eq!(code, 0, "{out}");
+    let line = out.lines().find(|l| l.starts_with('{')).expect("JSON line");
+    assert_eq!(json_number(line, "conns"), 300);
+    assert_eq!(json_number(line, "held"), 300);
+    assert_eq!(json_number(line, "active"), 10);
+}
+
+#[test]
+fn issue_9_fin_close_is_an_orderly_close_for_the_server() {
+    let mut server = Server::start(&[]);
+    let addr = server.addr().to_string();
+    let short = [
+        "--addr",
+        &addr,
+        "--duration",
+        "0.3",
+        "--warmup",
+        "0.1",
+        "--close",
+        "fin",
+    ];
+    let run = |mode: &[&str]| {
+        let args: Vec<&str> = mode.iter().chain(short.iter()).copied().collect();
+        assert_eq!(loadgen(&args), 0, "loadgen {args:?} failed");
+    };
+    run(&["pingpong", "-c", "20", "-s", "64", "-d", "4"]);
+    run(&["stream", "-c", "2", "-s", "65536"]);
+    run(&["churn", "-p", "5", "-s", "64"]);
+    run(&["hold", "-c", "100", "-k", "5", "--idle", "0.1"]);
+    assert_eq!(loadgen(&["once", "--addr", &addr, "bye"]), 0);
+    // Each run returned after the server's EOF on every connection, so the
+    // server has counted every close by now.
+    server.signal(libc::SIGTERM);
+    let status = server
+        .wait_for_exit(Duration::from_secs(30))
+        .expect("server exits after SIGTERM");
+    assert!(status.success());
+    let log = server.stderr();
+    let accepted = final_stat(&log, "accepted");
+    // pingpong 20, stream 2, churn at least 5, hold 100, once 1.
+    let at_least = 20 + 2 + 5 + 100 + 1;
+    assert!(accepted >= at_least, "{log}");
+    assert_eq!(final_stat(&log, "closed_by_error"), 0, "{log}");
+    assert_eq!(final_stat(&log, "closed_with_reset"), 0, "{log}");
+    assert_eq!(final_stat(&log, "closed_by_peer"), accepted, "{log}");
+}
+
+#[test]
+fn the_report_says_which_close_was_used() {
+    let server = Server::start(&[]);
+    let addr = server.addr().to_string();
+    for (how, says) in [
+        ("fin", "closed with fin, 0 unclean"),
+        ("reset", "closed with reset"),
+    ] {
+        let (code, text) = loadgen_process(&[
+            "pingpong",
+            "--addr",
+            &addr,
+            "-c",
+            "5",
+            "--duration",
+            "0.1",
+            "--warmup",
+            "0",
+            "--close",
+            how,
+        ]);
+        assert_eq!(code, 0, "{text}");
+        assert!(text.contains(says), "{text}");
+    }
+    // The default is fin.
+    let (_, text) = loadgen_process(&[
+        "pingpong",
+        "--addr",
+        &addr,
+        "-c",
+        "5",
+        "--duration",
+        "0.1",
+        "--warmup",
+        "0",
+    ]);
+    assert!(text.contains("closed with fin"), "{text}");
 }

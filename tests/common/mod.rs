@@ -27,6 +27,20 @@ pub fn server_bin() -> PathBuf {
 /// directory of this test binary, so a filtered run on a clean `target/`
 /// (`cargo test --test embed`) works as well as plain `cargo test`.
 pub fn example_bin(name: &str) -> PathBuf {
+    cargo_built(&["--example", name])
+        .join("examples")
+        .join(name)
+}
+
+/// The load generator's binary (`benches/loadgen`), built by this call if
+/// needed, the same way as [`example_bin`].
+pub fn loadgen_bin() -> PathBuf {
+    cargo_built(&["-p", "echoloop-loadgen", "--bin", "echoloop-loadgen"]).join("echoloop-loadgen")
+}
+
+/// Runs `cargo build --quiet ARGS` once per test process with this test
+/// binary's cargo, profile and target directory; returns target/<profile>.
+fn cargo_built(what: &[&str]) -> PathBuf {
     static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let mut dir = std::env::current_exe().expect("test executable path");
     dir.pop(); // the test binary
@@ -36,10 +50,12 @@ pub fn example_bin(name: &str) -> PathBuf {
     // `dir` is target/<profile>; its parent is the target directory.
     let release = dir.ends_with("release");
     let target_dir = dir.parent().expect("target directory").to_path_buf();
+    let key = what.join(" ");
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if !built.iter().any(|b| b == name) {
+    if !built.contains(&key) {
         let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "--quiet", "--example", name])
+        cmd.args(["build", "--quiet"])
+            .args(what)
             .arg("--manifest-path")
             .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
             .arg("--target-dir")
@@ -47,11 +63,11 @@ pub fn example_bin(name: &str) -> PathBuf {
         if release {
             cmd.arg("--release");
         }
-        let status = cmd.status().expect("run cargo build --example");
-        assert!(status.success(), "cargo build --example {name} failed");
-        built.push(name.to_string());
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "cargo build {key} failed");
+        built.push(key);
     }
-    dir.join("examples").join(name)
+    dir
 }
 
 /// A running server process, killed on drop if still running.

@@ -8,8 +8,12 @@
 //! Modes: `pingpong` (N connections, S-byte messages, D in flight), `stream`
 //! (continuous send and receive), `churn` (connect, echo, close, repeat),
 //! `hold` (open N, keep them, K active) and `once` (send one message, print
-//! the reply). Runs end with resets (SO_LINGER 0) so no TIME_WAIT is left.
+//! the reply). `tokio-echo` runs the tokio peer server instead. Connections
+//! end as `--close` says: an orderly FIN by default, or a reset.
 
+mod close;
+mod once;
+mod report;
 pub mod tokio_peer;
 
 use std::collections::VecDeque;
@@ -23,12 +27,20 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
+pub use close::Close;
+pub use report::Report;
+
 /// Command line of the load generator.
 #[derive(Debug, Parser)]
 #[command(
     name = "loadgen",
     version,
-    about = "Verifying load generator for TCP echo servers"
+    about = "Verifying load generator for TCP echo servers, and the tokio peer server",
+    long_about = "Verifying load generator for TCP echo servers, and the tokio peer server.\n\n\
+        Every load mode checks every echoed byte, prints a report (or one JSON \
+        line with --json) and exits 0 on a clean run, 1 on errors or mismatches, \
+        2 on a usage error. Connections end with an orderly FIN by default \
+        (--close fin); the report says which close was used."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -38,32 +50,42 @@ pub struct Cli {
 /// Options shared by every load mode.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Common {
-    /// Echo server address.
-    #[arg(long, default_value = "127.0.0.1:7007")]
+    /// Echo server address, as IP:PORT.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7007", value_parser = parse_addr)]
     pub addr: SocketAddr,
     /// Seconds to measure (after the warm-up).
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
     pub duration: f64,
     /// Seconds of traffic before measuring starts.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, value_name = "SECS", default_value_t = 0.5)]
     pub warmup: f64,
     /// Spread connections over this many source addresses 127.0.0.1, .2, ...
     /// (each has its own ephemeral ports). Ignored for IPv6 targets.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, value_name = "N", default_value_t = 4)]
     pub sources: u8,
     /// Most connects in progress at once while opening connections.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, value_name = "N", default_value_t = 256)]
     pub max_connecting: usize,
+    /// How connections end: at the end of the run and after each churn cycle.
+    ///
+    /// `fin` waits up to 5 s for the server's EOF, then resets; the report
+    /// counts closes that ended in a reset or timed out as unclean. `fin`
+    /// leaves this side of each connection in TIME_WAIT for a minute;
+    /// `reset` leaves nothing, for many back-to-back runs.
+    #[arg(long, value_enum, value_name = "HOW", default_value_t = Close::Fin)]
+    pub close: Close,
     /// Print the result as one JSON line instead of a table.
     #[arg(long)]
     pub json: bool,
 }
 
-/// The load modes.
+/// The subcommands: five load modes and the tokio peer server.
 #[derive(Debug, Subcommand)]
 pub enum ModeArgs {
-    /// N connections each keep D messages of S bytes in flight; latency is
-    /// the time from sending a message to receiving its last echoed byte.
+    /// N connections each keep D messages of S bytes in flight.
+    ///
+    /// Latency is the time from sending a message to receiving its last
+    /// echoed byte.
     Pingpong {
         #[command(flatten)]
         common: Common,
@@ -78,138 +100,82 @@ pub enum ModeArgs {
         depth: usize,
     },
     /// N connections send and receive continuously in S-byte writes.
+    ///
+    /// Each connection keeps at least 1 MiB in flight. Latency is sampled
+    /// one write per connection at a time: from the write to the echo of
+    /// its last byte, so it includes the wait behind what is in flight.
     Stream {
         #[command(flatten)]
         common: Common,
+        /// Connections.
         #[arg(long, short = 'c', default_value_t = 10)]
         conns: usize,
+        /// Bytes per write.
         #[arg(long, short = 's', default_value_t = 65536)]
         size: usize,
     },
-    /// P clients each connect, echo S bytes, close (reset), and repeat.
+    /// P clients each connect, echo S bytes, close, and repeat.
+    ///
+    /// Connections close as --close says. Latency is from the start of the
+    /// connect to the last echoed byte.
     Churn {
         #[command(flatten)]
         common: Common,
         /// Clients working in parallel.
         #[arg(long, short = 'p', default_value_t = 50)]
         parallel: usize,
+        /// Bytes echoed per connection.
         #[arg(long, short = 's', default_value_t = 64)]
         size: usize,
     },
-    /// Open N connections and keep them; after --idle seconds, K of them do
-    /// ping-pong for --duration. Prints `held N` once all are open.
+    /// Open N connections and keep them; then K of them do ping-pong.
+    ///
+    /// Prints `held N` once all are open, stays idle for --idle seconds,
+    /// then K connections do ping-pong for --duration. The report shows N as
+    /// `conns` and K as `active`.
     Hold {
         #[command(flatten)]
         common: Common,
+        /// Connections to open and hold.
         #[arg(long, short = 'c', default_value_t = 10_000)]
         conns: usize,
         /// Connections that do ping-pong once all are open.
         #[arg(long, short = 'k', default_value_t = 0)]
         active: usize,
         /// Seconds to stay idle once all are open.
-        #[arg(long, default_value_t = 1.0)]
+        #[arg(long, value_name = "SECS", default_value_t = 1.0)]
         idle: f64,
+        /// Message size in bytes for the active connections.
         #[arg(long, short = 's', default_value_t = 64)]
         size: usize,
     },
-    /// Send one message (the argument, or standard input), print the reply,
-    /// exit 1 if it differs. The first check users reach for.
+    /// Send one message, print the reply, exit 1 if it differs.
+    ///
+    /// The message is the argument, or standard input. The printed reply is
+    /// followed by a newline unless it already ends with one; the comparison
+    /// is of the bytes exactly as sent and received. The connection ends
+    /// with a FIN once the message is sent.
     Once {
-        #[arg(long, default_value = "127.0.0.1:7007")]
+        /// Echo server address, as IP:PORT.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7007", value_parser = parse_addr)]
         addr: SocketAddr,
         /// The message; standard input when absent.
         message: Option<String>,
     },
-}
-
-/// What a run measured.
-#[derive(Debug, Clone, Default)]
-pub struct Report {
-    pub mode: String,
-    pub conns: usize,
-    pub size: usize,
-    pub depth: usize,
-    pub seconds: f64,
-    /// Messages echoed completely during the measured window.
-    pub msgs: u64,
-    /// Echoed bytes received during the measured window.
-    pub bytes: u64,
-    pub p50_us: u64,
-    pub p99_us: u64,
-    pub p999_us: u64,
-    pub max_us: u64,
-    /// Connections that failed (refused, reset, early EOF).
-    pub errors: u64,
-    /// Echoed bytes that differed from what was sent.
-    pub mismatches: u64,
-    /// Connections open at the peak.
-    pub held: usize,
-    /// Messages echoed over the whole traffic phase (warm-up and drain
-    /// included), to divide a server's syscall count by.
-    pub total_msgs: u64,
-}
-
-impl Report {
-    pub fn msgs_per_sec(&self) -> f64 {
-        self.msgs as f64 / self.seconds.max(1e-9)
-    }
-
-    pub fn mb_per_sec(&self) -> f64 {
-        self.bytes as f64 / 1e6 / self.seconds.max(1e-9)
-    }
-
-    /// One JSON object on one line.
-    pub fn to_json(&self) -> String {
-        format!(
-            "{{\"mode\":\"{}\",\"conns\":{},\"size\":{},\"depth\":{},\"seconds\":{:.3},\"msgs\":{},\
-             \"bytes\":{},\"msgs_per_sec\":{:.1},\"mb_per_sec\":{:.2},\"p50_us\":{},\"p99_us\":{},\
-             \"p999_us\":{},\"max_us\":{},\"errors\":{},\"mismatches\":{},\"held\":{},\"total_msgs\":{}}}",
-            self.mode,
-            self.conns,
-            self.size,
-            self.depth,
-            self.seconds,
-            self.msgs,
-            self.bytes,
-            self.msgs_per_sec(),
-            self.mb_per_sec(),
-            self.p50_us,
-            self.p99_us,
-            self.p999_us,
-            self.max_us,
-            self.errors,
-            self.mismatches,
-            self.held,
-            self.total_msgs
-        )
-    }
-
-    /// A short human-readable table.
-    pub fn to_text(&self) -> String {
-        format!(
-            "mode {} conns {} size {} depth {}\n  {:.0} msgs/s, {:.1} MB/s over {:.2} s ({} msgs)\n  \
-             latency p50 {} us, p99 {} us, p99.9 {} us, max {} us\n  errors {}, mismatches {}, held {}",
-            self.mode,
-            self.conns,
-            self.size,
-            self.depth,
-            self.msgs_per_sec(),
-            self.mb_per_sec(),
-            self.seconds,
-            self.msgs,
-            self.p50_us,
-            self.p99_us,
-            self.p999_us,
-            self.max_us,
-            self.errors,
-            self.mismatches,
-            self.held
-        )
-    }
+    /// Run the tokio peer echo server (what echoloop is compared with).
+    ///
+    /// A tokio current_thread echo server, one task per connection. Prints
+    /// `listening on IP:PORT` on stdout once bound and serves until killed.
+    TokioEcho {
+        /// Address to listen on, as IP:PORT. Port 0 picks a free port.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7008", value_parser = parse_addr)]
+        listen: SocketAddr,
+    },
 }
 
 /// Runs the command line `args` (without the program name) and returns the
-/// process exit code: 0 on a clean run, 1 on errors or mismatches.
+/// process exit code: 0 on a clean run, 1 on errors or mismatches, 2 on a
+/// usage error. `tokio-echo` returns only if the server fails.
 pub fn main_with_args<I: IntoIterator<Item = String>>(args: I) -> i32 {
     let cli = match Cli::try_parse_from(std::iter::once("loadgen".to_string()).chain(args)) {
         Ok(cli) => cli,
@@ -219,7 +185,16 @@ pub fn main_with_args<I: IntoIterator<Item = String>>(args: I) -> i32 {
         }
     };
     let (json, result) = match cli.mode {
-        ModeArgs::Once { addr, message } => return once(addr, message),
+        ModeArgs::Once { addr, message } => return once::once(addr, message),
+        ModeArgs::TokioEcho { listen } => {
+            return match tokio_peer::serve(listen) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("loadgen: tokio-echo: {listen}: {e}");
+                    1
+                }
+            };
+        }
         ModeArgs::Pingpong {
             common,
             conns,
@@ -274,65 +249,21 @@ pub fn main_with_args<I: IntoIterator<Item = String>>(args: I) -> i32 {
     }
 }
 
-/// `once`: connect, send, print what came back, compare.
-fn once(addr: SocketAddr, message: Option<String>) -> i32 {
-    let message = match message {
-        Some(m) => m.into_bytes(),
-        None => {
-            let mut all = Vec::new();
-            if let Err(e) = io::stdin().read_to_end(&mut all) {
-                eprintln!("loadgen: error: reading stdin: {e}");
-                return 1;
-            }
-            all
-        }
-    };
-    let result = (|| -> io::Result<Vec<u8>> {
-        let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        stream.set_write_timeout(Some(Duration::from_secs(10)))?;
-        let writer = stream.try_clone()?;
-        let msg = message.clone();
-        let sender = std::thread::spawn(move || -> io::Result<()> {
-            let mut writer = writer;
-            writer.write_all(&msg)?;
-            writer.shutdown(std::net::Shutdown::Write)
-        });
-        let mut reply = Vec::new();
-        let mut buf = [0u8; 65536];
-        while reply.len() < message.len() {
-            match stream.read(&mut buf)? {
-                0 => break,
-                n => reply.extend_from_slice(&buf[..n]),
-            }
-        }
-        sender
-            .join()
-            .map_err(|_| io::Error::other("sender panicked"))??;
-        Ok(reply)
-    })();
-    match result {
-        Ok(reply) => {
-            let _ = io::stdout().write_all(&reply);
-            if !reply.ends_with(b"\n") && io::stdout().is_terminal() {
-                println!();
-            }
-            if reply == message {
-                0
-            } else {
-                eprintln!(
-                    "loadgen: reply differs: sent {} bytes, got {}",
-                    message.len(),
-                    reply.len()
-                );
-                1
-            }
-        }
-        Err(e) => {
-            eprintln!("loadgen: error: {addr}: {e}");
-            1
+/// An IP:PORT argument, with a message that says what is wrong.
+fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    // "IP:PORT" whose IP parses but whose port does not: say which part.
+    if let Some((ip, port)) = text.rsplit_once(':') {
+        let ip = ip.trim_start_matches('[').trim_end_matches(']');
+        if ip.parse::<IpAddr>().is_ok() && port.parse::<u64>().is_ok() {
+            return Err(format!("port {port} is out of range (0 to 65535)"));
         }
     }
+    Err(format!(
+        "'{text}' is not IP:PORT (examples: 127.0.0.1:7007, [::1]:7007)"
+    ))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -356,6 +287,7 @@ struct Plan {
     duration: Duration,
     sources: u8,
     max_connecting: usize,
+    close: Close,
 }
 
 impl Plan {
@@ -372,6 +304,7 @@ impl Plan {
             duration: Duration::from_secs_f64(c.duration.max(0.01)),
             sources: c.sources.max(1),
             max_connecting: c.max_connecting.max(1),
+            close: c.close,
         }
     }
 }
@@ -410,6 +343,7 @@ impl PatternTable {
         &self.table[start..start + n]
     }
 
+    /// True if `data` is what a connection at `offset` should receive at `pos`.
     fn matches(&self, offset: u64, pos: u64, data: &[u8]) -> bool {
         data.chunks(MAX_CHUNK).enumerate().all(|(i, chunk)| {
             chunk == self.slice(offset, pos + (i * MAX_CHUNK) as u64, chunk.len())
@@ -429,6 +363,21 @@ struct Client {
     issued: VecDeque<Instant>,
     started: Instant,
     active: bool,
+    // Stream mode's latency sample: a write in flight, as the byte count
+    // that completes its echo and when it was written. One at a time.
+    mark: Option<(u64, Instant)>,
+    // Counted as an error or mismatch: closed with a reset.
+    failed: bool,
+    // Sent our FIN (`--close fin`); waiting for the server's EOF.
+    closing: bool,
+}
+
+impl Client {
+    /// Stops traffic on a connection that erred or mismatched.
+    fn fail(&mut self) {
+        self.active = false;
+        self.failed = true;
+    }
 }
 
 struct Stats {
@@ -437,6 +386,8 @@ struct Stats {
     bytes: u64,
     errors: u64,
     mismatches: u64,
+    // `--close fin` closes that ended in a reset or timed out.
+    unclean_closes: u64,
     hist: Histogram<u64>,
 }
 
@@ -455,20 +406,25 @@ fn run(plan: Plan) -> io::Result<Report> {
         bytes: 0,
         errors: 0,
         mismatches: 0,
+        unclean_closes: 0,
         hist: Histogram::new_with_bounds(1, 60_000_000, 3).map_err(io::Error::other)?,
     };
     let mut next_offset: u64 = 0x9E37_79B9;
     let mut opened = 0usize; // connects started and not failed
     let mut connected = 0usize;
     let mut failed_connects = 0u64;
+    // Connects started in all, so churn's new connections rotate over the
+    // source addresses too.
+    let mut opens = 0usize;
 
     // Phase 1: open the connections, a bounded number of connects at a time.
     let bar = progress_bar(plan.conns as u64, plan.conns >= 1000, "connecting");
     let open_deadline = Instant::now() + Duration::from_secs(120);
     while connected < plan.conns {
         while opened < plan.conns && opened - connected < plan.max_connecting {
-            open_one(&poll, &mut clients, &plan, opened, &mut next_offset)?;
+            open_one(&poll, &mut clients, &plan, opens, &mut next_offset)?;
             opened += 1;
+            opens += 1;
         }
         if Instant::now() > open_deadline {
             return Err(io::Error::new(
@@ -500,7 +456,7 @@ fn run(plan: Plan) -> io::Result<Report> {
                             "too many failed connects, last: {e}"
                         )));
                     }
-                    close(&poll, &mut clients, key);
+                    close::reset(&poll, &mut clients, key);
                     opened -= 1;
                 }
             }
@@ -526,6 +482,9 @@ fn run(plan: Plan) -> io::Result<Report> {
                 // An idle connection should hear nothing: EOF is an error.
                 if event.is_read_closed() || event.is_error() {
                     stats.errors += 1;
+                    if let Some(client) = clients.get_mut(event.token().0) {
+                        client.fail();
+                    }
                 }
             }
         }
@@ -548,8 +507,11 @@ fn run(plan: Plan) -> io::Result<Report> {
         .filter(|(_, c)| c.active)
         .map(|(k, _)| k)
         .collect();
+    // Clients whose last pass stopped with bytes left to read: no new edge
+    // may come for them, so they get another pass next turn.
+    let mut ready: VecDeque<usize> = VecDeque::new();
     for key in keys {
-        pump(
+        let pass = pump(
             key,
             &mut clients,
             &table,
@@ -560,7 +522,12 @@ fn run(plan: Plan) -> io::Result<Report> {
             true,
             now,
         );
+        if pass == Pass::Yielded {
+            ready.push_back(key);
+        }
     }
+    // This turn's work: (client, hung up) from the events, then `ready`.
+    let mut turn: Vec<(usize, bool)> = Vec::with_capacity(4096);
     let measure_from = Instant::now() + plan.warmup;
     let measure_until = measure_from + plan.duration;
     let mut measuring = false;
@@ -597,13 +564,35 @@ fn run(plan: Plan) -> io::Result<Report> {
                 break;
             }
         }
-        poll.poll(&mut events, Some(Duration::from_millis(50)))?;
+        let wait = if ready.is_empty() {
+            Duration::from_millis(50)
+        } else {
+            Duration::ZERO
+        };
+        poll.poll(&mut events, Some(wait))?;
         let now = Instant::now();
-        for event in events.iter() {
-            let key = event.token().0;
+        turn.clear();
+        turn.extend(
+            events
+                .iter()
+                .map(|e| (e.token().0, e.is_read_closed() || e.is_error())),
+        );
+        // A key may have been reused by a new client since it was queued;
+        // an extra pass costs that client one failed read.
+        turn.extend(ready.drain(..).map(|key| (key, false)));
+        for &(key, hung_up) in &turn {
             let Some(client) = clients.get_mut(key) else {
                 continue;
             };
+            if client.closing {
+                // Churn with `--close fin`: waiting for the server's EOF.
+                if close::settle(&poll, &mut clients, key, &table, &mut buf, &mut stats) && running
+                {
+                    open_one(&poll, &mut clients, &plan, opens, &mut next_offset)?;
+                    opens += 1;
+                }
+                continue;
+            }
             if !client.connected {
                 // Churn: a connect finished (or failed).
                 match connect_outcome(&client.stream) {
@@ -615,23 +604,24 @@ fn run(plan: Plan) -> io::Result<Report> {
                     None => continue,
                     Some(Err(_)) => {
                         stats.errors += 1;
-                        close(&poll, &mut clients, key);
+                        close::reset(&poll, &mut clients, key);
                         if running {
-                            open_one(&poll, &mut clients, &plan, 0, &mut next_offset)?;
+                            open_one(&poll, &mut clients, &plan, opens, &mut next_offset)?;
+                            opens += 1;
                         }
                         continue;
                     }
                 }
             }
             if !client.active {
-                if event.is_read_closed() || event.is_error() {
+                if hung_up {
                     stats.errors += 1;
-                    close(&poll, &mut clients, key);
+                    close::reset(&poll, &mut clients, key);
                 }
                 continue;
             }
             let record = measuring && running;
-            let finished = pump(
+            let pass = pump(
                 key,
                 &mut clients,
                 &table,
@@ -642,11 +632,24 @@ fn run(plan: Plan) -> io::Result<Report> {
                 running,
                 now,
             );
-            if finished {
-                // Churn: one cycle done; reset the connection and open another.
-                close(&poll, &mut clients, key);
-                if running {
-                    open_one(&poll, &mut clients, &plan, 0, &mut next_offset)?;
+            if pass == Pass::Yielded {
+                ready.push_back(key);
+            }
+            if pass == Pass::Finished {
+                // Churn: one cycle done; close the connection and, once it
+                // is closed, open another.
+                let closed = close::begin(
+                    &poll,
+                    &mut clients,
+                    key,
+                    plan.close,
+                    &table,
+                    &mut buf,
+                    &mut stats,
+                );
+                if closed && running {
+                    open_one(&poll, &mut clients, &plan, opens, &mut next_offset)?;
+                    opens += 1;
                 }
             }
         }
@@ -654,19 +657,20 @@ fn run(plan: Plan) -> io::Result<Report> {
             bar.set_position(now.saturating_duration_since(traffic_started).as_millis() as u64);
         }
     }
-    // End with resets so no TIME_WAIT is left behind for the next run.
-    let keys: Vec<usize> = clients.iter().map(|(k, _)| k).collect();
-    for key in keys {
-        close(&poll, &mut clients, key);
-    }
+    close::all(
+        &mut poll,
+        &mut events,
+        &mut clients,
+        plan.close,
+        &table,
+        &mut buf,
+        &mut stats,
+    )?;
     let h = &stats.hist;
     Ok(Report {
         mode: format!("{:?}", plan.kind).to_lowercase(),
-        conns: if plan.kind == Kind::Hold {
-            plan.active
-        } else {
-            plan.conns
-        },
+        conns: plan.conns,
+        active,
         size: plan.size,
         depth: plan.depth,
         seconds: plan.duration.as_secs_f64(),
@@ -676,10 +680,13 @@ fn run(plan: Plan) -> io::Result<Report> {
         p99_us: h.value_at_quantile(0.99),
         p999_us: h.value_at_quantile(0.999),
         max_us: h.max(),
+        latency_samples: h.len(),
         errors: stats.errors,
         mismatches: stats.mismatches,
         held,
         total_msgs: stats.total_msgs,
+        close: plan.close,
+        unclean_closes: stats.unclean_closes,
     })
 }
 
@@ -714,8 +721,23 @@ fn stream_window(plan: &Plan) -> u64 {
     (plan.size as u64 * 4).max(1 << 20)
 }
 
+/// How a pass of [`pump`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    /// The socket would block (or the client failed): wait for an event.
+    Blocked,
+    /// [`READS_PER_PASS`] full reads and maybe more to read: pump again
+    /// next turn, since no new edge may come.
+    Yielded,
+    /// Churn: the cycle is complete (or failed); close the connection.
+    Finished,
+}
+
+/// Full reads one pass may do before it yields, so a client whose echoes
+/// never stop coming cannot keep the loop (and the clock checks) to itself.
+const READS_PER_PASS: usize = 16;
+
 /// Writes what is owed and reads what has come back, for one client.
-/// Returns true when a churn cycle is complete.
 #[allow(clippy::too_many_arguments)]
 fn pump(
     key: usize,
@@ -727,8 +749,14 @@ fn pump(
     record: bool,
     running: bool,
     now: Instant,
-) -> bool {
+) -> Pass {
     let client = &mut clients[key];
+    // A failed client ends a churn cycle; in other modes it just stops.
+    let failed = if plan.kind == Kind::Churn {
+        Pass::Finished
+    } else {
+        Pass::Blocked
+    };
     // Ping-pong writes every owed message in one call (pipelining, as
     // redis-benchmark -P does); stream writes S-byte pieces.
     let chunk = if plan.kind == Kind::Stream {
@@ -737,9 +765,10 @@ fn pump(
         MAX_CHUNK
     };
     // One pass reads until the socket is empty, then writes what that
-    // owes and returns: a client must not keep the loop to itself.
+    // owes and returns; a client must not keep the loop to itself, so a
+    // pass that never finds the socket empty stops after READS_PER_PASS.
     let mut drained = false;
-    loop {
+    for _ in 0..READS_PER_PASS {
         // Write what we owe.
         while client.tx < client.goal {
             let n = ((client.goal - client.tx) as usize).min(chunk);
@@ -747,39 +776,46 @@ fn pump(
                 .stream
                 .write(table.slice(client.offset, client.tx, n))
             {
-                Ok(w) => client.tx += w as u64,
+                Ok(w) => {
+                    client.tx += w as u64;
+                    if plan.kind == Kind::Stream && client.mark.is_none() {
+                        // A fresh clock, not `now`: one pass of a busy
+                        // stream can last long enough to see this echo.
+                        client.mark = Some((client.tx, Instant::now()));
+                    }
+                }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(_) => {
                     stats.errors += 1;
-                    client.active = false;
-                    return plan.kind == Kind::Churn;
+                    client.fail();
+                    return failed;
                 }
             }
         }
         if drained {
-            return false;
+            return Pass::Blocked;
         }
         // Read what came back.
         let n = match client.stream.read(buf) {
             Ok(0) => {
                 stats.errors += 1;
-                client.active = false;
-                return plan.kind == Kind::Churn;
+                client.fail();
+                return failed;
             }
             Ok(n) => n,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Pass::Blocked,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(_) => {
                 stats.errors += 1;
-                client.active = false;
-                return plan.kind == Kind::Churn;
+                client.fail();
+                return failed;
             }
         };
         if client.rx + n as u64 > client.tx || !table.matches(client.offset, client.rx, &buf[..n]) {
             stats.mismatches += 1;
-            client.active = false;
-            return plan.kind == Kind::Churn;
+            client.fail();
+            return failed;
         }
         let before = client.rx;
         client.rx += n as u64;
@@ -813,6 +849,15 @@ fn pump(
                 if record {
                     stats.msgs += client.rx / size - before / size;
                 }
+                if let Some((end, at)) = client.mark {
+                    if client.rx >= end {
+                        client.mark = None;
+                        if record {
+                            let us = at.elapsed().as_micros().max(1);
+                            let _ = stats.hist.record(us as u64);
+                        }
+                    }
+                }
                 if running {
                     client.goal = client.rx + stream_window(plan);
                 }
@@ -828,7 +873,7 @@ fn pump(
                                 .max(1) as u64,
                         );
                     }
-                    return true;
+                    return Pass::Finished;
                 }
             }
         }
@@ -836,6 +881,7 @@ fn pump(
         // echo of what we write next raises a new edge.
         drained = n < buf.len();
     }
+    Pass::Yielded
 }
 
 /// Starts one non-blocking connect, from source address 127.0.0.(1 + i % sources).
@@ -896,6 +942,9 @@ fn open_one(
         issued: VecDeque::new(),
         started: Instant::now(),
         active: false,
+        mark: None,
+        failed: false,
+        closing: false,
     });
     Ok(())
 }
@@ -907,15 +956,4 @@ fn connect_outcome(stream: &TcpStream) -> Option<io::Result<()>> {
         Ok(None) => None,
         Ok(Some(e)) | Err(e) => Some(Err(e)),
     }
-}
-
-/// Closes with a reset (SO_LINGER 0): no TIME_WAIT for the next run.
-fn close(poll: &Poll, clients: &mut Slab<Client>, key: usize) {
-    if !clients.contains(key) {
-        return;
-    }
-    let mut client = clients.remove(key);
-    let _ = poll.registry().deregister(&mut client.stream);
-    let socket = socket2::SockRef::from(&client.stream);
-    let _ = socket.set_linger(Some(Duration::ZERO));
 }

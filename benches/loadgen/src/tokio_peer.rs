@@ -2,19 +2,28 @@
 //! echo server, one task per connection with a 4 KiB buffer each, written
 //! the way tokio's own echo example is.
 
+use std::io::Write;
 use std::net::SocketAddr;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-/// Binds `addr`, prints `listening on IP:PORT` and serves forever.
+/// Binds `addr`, prints `listening on IP:PORT` on stdout (flushed) and
+/// serves forever: `loadgen tokio-echo --listen ADDR`.
+///
+/// # Errors
+/// Creating the runtime, binding or writing the line failed.
 pub fn serve(addr: SocketAddr) -> std::io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build()?;
     runtime.block_on(async move {
         let listener = TcpListener::bind(addr).await?;
-        println!("listening on {}", listener.local_addr()?);
+        // Scripts and tests wait for this exact line.
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "listening on {}", listener.local_addr()?)?;
+        stdout.flush()?;
+        drop(stdout);
         loop {
             let (mut socket, _) = match listener.accept().await {
                 Ok(accepted) => accepted,

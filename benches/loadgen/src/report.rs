@@ -1,0 +1,121 @@
+//! What a run measured, as a short table or one JSON line.
+
+use crate::Close;
+
+/// What a run measured.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub mode: String,
+    /// Connections: per run (pingpong, stream), held (hold) or working in
+    /// parallel (churn).
+    pub conns: usize,
+    /// Connections that carried traffic (hold: `-k`; otherwise all).
+    pub active: usize,
+    pub size: usize,
+    pub depth: usize,
+    pub seconds: f64,
+    /// Messages echoed completely during the measured window.
+    pub msgs: u64,
+    /// Echoed bytes received during the measured window.
+    pub bytes: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+    /// Latencies measured; 0 means the percentiles above mean nothing.
+    pub latency_samples: u64,
+    /// Connections that failed (refused, reset, early EOF).
+    pub errors: u64,
+    /// Echoed bytes that differed from what was sent.
+    pub mismatches: u64,
+    /// Connections open at the peak.
+    pub held: usize,
+    /// Messages echoed over the whole traffic phase (warm-up and drain
+    /// included), to divide a server's syscall count by.
+    pub total_msgs: u64,
+    /// How the connections were closed.
+    pub close: Close,
+    /// Under `--close fin`: closes that ended in a reset or timed out.
+    pub unclean_closes: u64,
+}
+
+impl Report {
+    pub fn msgs_per_sec(&self) -> f64 {
+        self.msgs as f64 / self.seconds.max(1e-9)
+    }
+
+    pub fn mb_per_sec(&self) -> f64 {
+        self.bytes as f64 / 1e6 / self.seconds.max(1e-9)
+    }
+
+    /// One JSON object on one line.
+    pub fn to_json(&self) -> String {
+        format!(
+            "{{\"mode\":\"{}\",\"conns\":{},\"active\":{},\"size\":{},\"depth\":{},\"seconds\":{:.3},\
+             \"msgs\":{},\"bytes\":{},\"msgs_per_sec\":{:.1},\"mb_per_sec\":{:.2},\"p50_us\":{},\
+             \"p99_us\":{},\"p999_us\":{},\"max_us\":{},\"latency_samples\":{},\"errors\":{},\
+             \"mismatches\":{},\"held\":{},\"total_msgs\":{},\"close\":\"{}\",\"unclean_closes\":{}}}",
+            self.mode,
+            self.conns,
+            self.active,
+            self.size,
+            self.depth,
+            self.seconds,
+            self.msgs,
+            self.bytes,
+            self.msgs_per_sec(),
+            self.mb_per_sec(),
+            self.p50_us,
+            self.p99_us,
+            self.p999_us,
+            self.max_us,
+            self.latency_samples,
+            self.errors,
+            self.mismatches,
+            self.held,
+            self.total_msgs,
+            self.close.name(),
+            self.unclean_closes
+        )
+    }
+
+    /// A short human-readable table.
+    pub fn to_text(&self) -> String {
+        let shape = match self.mode.as_str() {
+            "pingpong" => format!(
+                "conns {} size {} depth {}",
+                self.conns, self.size, self.depth
+            ),
+            "churn" => format!("parallel {} size {}", self.conns, self.size),
+            "hold" => format!(
+                "conns {} active {} size {}",
+                self.conns, self.active, self.size
+            ),
+            _ => format!("conns {} size {}", self.conns, self.size),
+        };
+        let latency = if self.latency_samples == 0 {
+            "latency: no samples".to_string()
+        } else {
+            format!(
+                "latency p50 {} us, p99 {} us, p99.9 {} us, max {} us ({} samples)",
+                self.p50_us, self.p99_us, self.p999_us, self.max_us, self.latency_samples
+            )
+        };
+        let close = match self.close {
+            Close::Fin => format!("closed with fin, {} unclean", self.unclean_closes),
+            Close::Reset => "closed with reset".to_string(),
+        };
+        format!(
+            "mode {} {shape}\n  {:.0} msgs/s, {:.1} MB/s over {:.2} s ({} msgs)\n  {latency}\n  \
+             errors {}, mismatches {}, held {}, {close}",
+            self.mode,
+            self.msgs_per_sec(),
+            self.mb_per_sec(),
+            self.seconds,
+            self.msgs,
+            self.errors,
+            self.mismatches,
+            self.held
+        )
+    }
+}
