@@ -1,172 +1,140 @@
-//! The smallest complete, correct echo loop with mio and slab.
-//!
-//! Run it with `cargo run --example minimal -- --listen 127.0.0.1:7007`
-//! and talk to it with `nc 127.0.0.1 7007`. Read it top to bottom: every
-//! rule of readiness I/O it relies on is said where it is used. It leaves
-//! out what the library adds (limits, timeouts, signals, fairness).
+//! Step 4 of docs/learn.md: the smallest correct echo loop (mio and slab).
+//! Adds what step 3 lost: unwritten bytes wait, in order, for WRITABLE, and
+//! nothing is read meanwhile (backpressure); half-close. Still wrong: it
+//! trusts clients (no limits, fairness, deadlines, shutdown; src/ has them):
+//! `cargo run --release -p echoloop-loadgen -- hold --addr 127.0.0.1:7007 -c 1000 --idle 600`
+//! holds 1000 idle descriptors until it quits. Run: `cargo run --example minimal`.
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr};
+use std::time::Duration;
 
 use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll, Registry, Token};
 use slab::Slab;
 
-// Connections use their slab key as token; the listener takes a key no slab
-// will ever hand out.
+// Connections use their slab key as token; the listener, a key no slab uses.
 const LISTENER: Token = Token(usize::MAX - 1);
 
 struct Conn {
     stream: TcpStream,
-    // Bytes read but not yet written back: what a partial write left over.
+    // Read but not yet written back, oldest first. While any waits we read
+    // nothing more (backpressure) and wait for WRITABLE instead of READABLE.
     pending: Vec<u8>,
-    // The peer sent FIN (a read returned 0): it will send nothing more.
-    peer_done: bool,
 }
 
-fn main() -> io::Result<()> {
-    let addr = listen_arg()?;
-    let mut poll = Poll::new()?;
-    let mut listener = TcpListener::bind(addr)?;
-    poll.registry()
-        .register(&mut listener, LISTENER, Interest::READABLE)?;
-    println!("listening on {}", listener.local_addr()?);
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("minimal: {e}");
+        std::process::exit(1);
+    }
+}
 
-    let mut conns: Slab<Conn> = Slab::new();
-    let mut events = Events::with_capacity(256);
+fn run() -> io::Result<()> {
+    let mut poll = Poll::new()?;
+    let registry = poll.registry().try_clone()?;
+    let mut listener = TcpListener::bind(listen_arg()?)?;
+    registry.register(&mut listener, LISTENER, Interest::READABLE)?;
+    println!("listening on {}", listener.local_addr()?); // a line: flushed
+    let (mut conns, mut events) = (Slab::<Conn>::new(), Events::with_capacity(256));
     let mut buf = vec![0u8; 64 * 1024]; // one read buffer for every connection
+    let mut accept_due = false; // the listener is ready, or accept failed
     loop {
-        match poll.poll(&mut events, None) {
+        // Out of descriptors, accept fails and the clients still queued raise
+        // no event: retry after every turn (a closed connection frees one),
+        // at least every 100 ms. src/server.rs backs off 10 ms to 1 s instead.
+        let timeout = accept_due.then(|| Duration::from_millis(100));
+        match poll.poll(&mut events, timeout) {
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             other => other?,
         }
         for event in events.iter() {
-            if event.token() == LISTENER {
-                // mio is edge-triggered: one event may stand for many waiting
-                // connections, and no new event comes for them. Accept until
-                // WouldBlock says the backlog is empty.
-                loop {
-                    match listener.accept() {
-                        Ok((mut stream, _)) => {
-                            let entry = conns.vacant_entry();
-                            let token = Token(entry.key());
-                            if poll
-                                .registry()
-                                .register(&mut stream, token, Interest::READABLE)
-                                .is_ok()
-                            {
-                                entry.insert(Conn {
-                                    stream,
-                                    pending: Vec::new(),
-                                    peer_done: false,
-                                });
-                            }
-                        }
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                        Err(e) => {
-                            // e.g. out of descriptors: try again on the next event.
-                            eprintln!("accept failed: {e}");
-                            break;
-                        }
-                    }
-                }
-                continue;
-            }
-            let key = event.token().0;
-            // Events are hints: this one may be for a connection closed earlier
-            // in this batch (skip it) or whose key was reused (driving the new
-            // connection once more is harmless: drive() tolerates no data).
+            let (token, key) = (event.token(), event.token().0);
+            // Events are hints: skip one for a connection closed earlier in
+            // this batch (only accept reuses keys, and it runs after it).
             let Some(conn) = conns.get_mut(key) else {
+                accept_due |= token == LISTENER; // a key no slab uses
                 continue;
             };
             let was_writing = !conn.pending.is_empty();
             let mut keep = drive(conn, &mut buf).unwrap_or(false);
-            // WRITABLE only while something is pending; otherwise every idle
-            // connection would be woken for "you can write". While pending we
-            // also stop reading: that is backpressure.
+            // WRITABLE only while bytes wait, or idle sockets wake us for
+            // nothing; re-register only on a change, as it costs a syscall.
             let writing = !conn.pending.is_empty();
             if keep && writing != was_writing {
-                let interest = if writing {
-                    Interest::WRITABLE
-                } else {
-                    Interest::READABLE
+                let want = match writing {
+                    true => Interest::WRITABLE,
+                    false => Interest::READABLE,
                 };
-                keep = poll
-                    .registry()
-                    .reregister(&mut conn.stream, event.token(), interest)
-                    .is_ok();
+                keep = registry.reregister(&mut conn.stream, token, want).is_ok();
             }
             if !keep {
-                // Finished or failed: only this connection is closed.
-                let mut conn = conns.remove(key);
-                let _ = poll.registry().deregister(&mut conn.stream);
-            } // dropping the stream closes the socket
+                // Finished or failed: deregister, then drop (close) the socket.
+                let _ = registry.deregister(&mut conns.remove(key).stream);
+            }
+        }
+        if accept_due {
+            accept_due = accept(&listener, &mut conns, &registry).is_err();
+        }
+    }
+}
+
+/// Accepts until WouldBlock: one edge may stand for many waiting clients.
+fn accept(listener: &TcpListener, conns: &mut Slab<Conn>, registry: &Registry) -> io::Result<()> {
+    loop {
+        match listener.accept() {
+            Ok((mut stream, _)) => {
+                let entry = conns.vacant_entry();
+                registry.register(&mut stream, Token(entry.key()), Interest::READABLE)?;
+                let pending = Vec::new(); // allocates nothing until used
+                entry.insert(Conn { stream, pending });
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e), // e.g. EMFILE: out of descriptors
         }
     }
 }
 
 /// Echoes all it can now. Ok(true) keeps the connection, Ok(false) ends it.
 fn drive(conn: &mut Conn, buf: &mut [u8]) -> io::Result<bool> {
-    // 1. Flush what an earlier write left over, before anything newer.
-    while !conn.pending.is_empty() {
-        match conn.stream.write(&conn.pending) {
-            Ok(n) => drop(conn.pending.drain(..n)),
-            // The peer's window is full: wait for a WRITABLE event.
-            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(true),
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    // 2. All echoed. If the peer is done, send our FIN and finish.
-    if conn.peer_done {
-        conn.stream.shutdown(Shutdown::Write)?;
-        return Ok(false);
-    }
-    // 3. Read until WouldBlock: edge-triggered readiness will not remind us of
-    //    bytes we leave in the socket. Each chunk is written back at once.
     loop {
-        let n = match conn.stream.read(buf) {
-            Ok(0) => {
-                // Read of 0: the peer half-closed. Deliver the rest, then FIN.
-                conn.peer_done = true;
-                return drive(conn, buf);
-            }
-            Ok(n) => n,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(true),
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        let mut sent = 0;
-        while sent < n {
-            match conn.stream.write(&buf[sent..n]) {
-                Ok(k) => sent += k,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+        // 1. Write back what waits, oldest first. A non-blocking write may
+        //    take part of it or none; what it did not take stays, in order.
+        while !conn.pending.is_empty() {
+            match conn.stream.write(&conn.pending) {
+                Ok(n) => drop(conn.pending.drain(..n)),
+                // The peer's window is full: wait for WRITABLE, read no more.
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(true),
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
         }
-        if sent < n {
-            // A partial write: the socket took only part. Keep the rest, in
-            // order, and stop reading until it is flushed (backpressure).
-            conn.pending.extend_from_slice(&buf[sent..n]);
-            return Ok(true);
+        // 2. Read until WouldBlock: edge-triggered readiness will not remind
+        //    us of bytes left in the socket. (src/ writes straight from the
+        //    shared buffer and copies only what the socket did not take.)
+        match conn.stream.read(buf) {
+            Ok(0) => {
+                // FIN: the peer sends no more but may still read. All it sent
+                // is written back (we read only when nothing waits): our FIN.
+                conn.stream.shutdown(Shutdown::Write)?;
+                return Ok(false);
+            }
+            Ok(n) => conn.pending.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(true),
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
         }
     }
 }
 
-/// `--listen ADDR`, parsed by hand to stay dependency-free.
+/// `[--listen] IP:PORT`, by default 127.0.0.1:7007.
 fn listen_arg() -> io::Result<SocketAddr> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let text = match args.as_slice() {
-        [] => "127.0.0.1:7007",
-        [flag, addr] if flag == "--listen" => addr,
-        _ => {
-            return Err(io::Error::new(
-                ErrorKind::InvalidInput,
-                "usage: minimal [--listen IP:PORT]",
-            ))
-        }
+    let args = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
+    let text = match args.strip_prefix("--listen ").unwrap_or(&args) {
+        "" => "127.0.0.1:7007",
+        text => text,
     };
-    text.parse()
-        .map_err(|_| io::Error::new(ErrorKind::InvalidInput, format!("'{text}' is not IP:PORT")))
+    let usage = format!("'{text}' is not IP:PORT (usage: minimal [--listen] IP:PORT)");
+    let bad = io::Error::new(ErrorKind::InvalidInput, usage);
+    text.parse().map_err(|_| bad)
 }

@@ -1,0 +1,314 @@
+//! The learner's path (docs/learn.md): each step's claim, checked over
+//! loopback so the lessons cannot silently rot. Steps 1-3 and the client are
+//! examples built by `example_bin`; every socket has timeouts and every loop
+//! a bound, and nothing here asserts on how long something took.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Starts an example that takes its address as the first argument and
+/// prints `listening on IP:PORT`.
+fn start_example(name: &str) -> Server {
+    let mut cmd = Command::new(example_bin(name));
+    cmd.arg("127.0.0.1:0");
+    Server::spawn(cmd, 1)
+}
+
+/// Runs a short-lived example to its end, killing it after 60 s.
+fn run_example(name: &str, args: &[&str]) -> Output {
+    let mut child = Command::new(example_bin(name))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start example");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().expect("try_wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{name} {args:?} did not exit");
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().expect("example output")
+}
+
+#[test]
+fn step1_serves_a_second_client_only_after_the_first_leaves() {
+    let server = start_example("step1_blocking");
+    let mut first = connect(server.addr());
+    ping(&mut first, b"first");
+    // The kernel completes the second connect (it waits in the backlog),
+    // but the server is busy in its loop for the first client.
+    let mut second = connect(server.addr());
+    second.write_all(b"second").unwrap();
+    let (log, events) = mpsc::channel();
+    let reader_log = log.clone();
+    let reader = thread::spawn(move || {
+        let mut echo = [0u8; 6];
+        second.read_exact(&mut echo).expect("second client's echo");
+        reader_log.send("second echoed").unwrap();
+        (second, echo)
+    });
+    // However often the first client is served meanwhile ...
+    for i in 0..20 {
+        ping(&mut first, format!("first {i}").as_bytes());
+    }
+    // ... the second one's echo can only come after the first has gone.
+    log.send("first leaves").unwrap();
+    drop(first);
+    let (mut second, echo) = reader.join().expect("reader");
+    assert_eq!(&echo, b"second");
+    let order: Vec<&str> = events.try_iter().collect();
+    assert_eq!(order, ["first leaves", "second echoed"]);
+    ping(&mut second, b"now it is my turn");
+}
+
+#[test]
+fn step2_serves_two_clients_at_once() {
+    let server = start_example("step2_threads");
+    let mut first = connect(server.addr());
+    let mut second = connect(server.addr());
+    // Interleaved round trips: step 1 would leave `second` waiting here.
+    for i in 0..20 {
+        ping(&mut first, format!("first {i}").as_bytes());
+        ping(&mut second, format!("second {i}").as_bytes());
+    }
+    // And two large transfers at once come back intact.
+    let addr = server.addr();
+    let both: Vec<_> = (0..2u64)
+        .map(|seed| thread::spawn(move || echo_verified(connect(addr), seed, 4 << 20, &[65536])))
+        .collect();
+    for t in both {
+        assert_eq!(t.join().unwrap(), 4 << 20);
+    }
+}
+
+/// The most a socket pair can hold of the echo while the client does not
+/// read: the client's largest receive buffer plus the server's largest send
+/// buffer (Linux autotuning limits, from /proc; 64 MiB if unreadable).
+fn kernel_buffer_bound() -> usize {
+    let max = |file: &str| -> Option<usize> {
+        let text = std::fs::read_to_string(file).ok()?;
+        text.split_whitespace().nth(2)?.parse().ok()
+    };
+    match (
+        max("/proc/sys/net/ipv4/tcp_rmem"),
+        max("/proc/sys/net/ipv4/tcp_wmem"),
+    ) {
+        (Some(r), Some(w)) => r + w,
+        _ => 64 << 20,
+    }
+}
+
+/// Sends `total` bytes (byte i is i % 251) without reading, half-closes,
+/// then reads the echo to EOF: returns how many bytes came back, after
+/// checking that what came back starts the way the stream did.
+fn send_all_then_read(stream: &mut TcpStream, total: usize) -> usize {
+    let chunk: Vec<u8> = (0..251 * 261).map(|i| (i % 251) as u8).collect(); // 65,511 B
+    let mut sent = 0;
+    while sent < total {
+        let n = chunk.len().min(total - sent);
+        stream
+            .write_all(&chunk[..n])
+            .expect("send (a correct server stops reading here: backpressure)");
+        sent += n;
+    }
+    stream.shutdown(Shutdown::Write).unwrap();
+    let mut received = 0;
+    let mut buf = vec![0u8; 65536];
+    let mut first = true;
+    loop {
+        let n = match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("reading the echo: {e}"),
+        };
+        if first {
+            // The first bytes were echoed before any buffer filled up.
+            assert!(buf[..n]
+                .iter()
+                .enumerate()
+                .all(|(i, b)| *b == (i % 251) as u8));
+            first = false;
+        }
+        received += n;
+    }
+    received
+}
+
+#[test]
+fn step3_loses_bytes_when_the_client_reads_later() {
+    let server = start_example("step3_broken");
+    // Until the client reads, the echo can only wait in kernel buffers;
+    // step 3 drops whatever does not fit. Sizes double until one exceeds
+    // those buffers' limits, where the loss is certain, not luck.
+    let bound = kernel_buffer_bound();
+    let mut total = 4 << 20;
+    loop {
+        let mut stream = connect(server.addr());
+        let received = send_all_then_read(&mut stream, total);
+        assert!(received <= total, "more came back than was sent");
+        if received < total {
+            return; // the defect the lesson is about: bytes went missing
+        }
+        assert!(
+            total <= bound,
+            "step 3 echoed all {total} bytes although the kernel can hold at most {bound}"
+        );
+        total *= 2;
+    }
+}
+
+fn start_minimal() -> Server {
+    let mut cmd = Command::new(example_bin("minimal"));
+    cmd.args(["--listen", "127.0.0.1:0"]);
+    Server::spawn(cmd, 1)
+}
+
+#[test]
+fn minimal_echoes_a_large_transfer_exactly() {
+    let server = start_minimal();
+    // Larger than every kernel buffer on the way, in chunks from 1 byte to
+    // 3 MB, read back concurrently and checked byte by byte.
+    let sizes = [1, 7, 1000, 65536, 262_144, 3_000_000, 13];
+    let total = 24 << 20;
+    assert_eq!(
+        echo_verified(connect(server.addr()), 11, total, &sizes),
+        total
+    );
+    // The same client, again: the loop kept it registered correctly.
+    let total = 2 << 20;
+    let stream = connect(server.addr());
+    assert_eq!(echo_verified(stream, 12, total, &[4096]), total);
+}
+
+#[test]
+fn minimal_flushes_every_byte_then_fin_after_a_half_close() {
+    let server = start_minimal();
+    // Small messages: the FIN often arrives with the data.
+    for i in 0..20usize {
+        let mut stream = connect(server.addr());
+        let msg = vec![i as u8; 1 + i * 97];
+        stream.write_all(&msg).unwrap();
+        finish_sending(&stream);
+        assert_eq!(read_to_end(&mut stream), msg);
+    }
+    // A large one, sent and half-closed before the client reads anything
+    // (a writer thread, so a full window cannot deadlock the test).
+    let mut stream = connect(server.addr());
+    let total = 8 << 20;
+    let mut writer = stream.try_clone().unwrap();
+    let sender = thread::spawn(move || {
+        let mut data = vec![0u8; total];
+        Pattern::new(5).fill(&mut data);
+        writer.write_all(&data).unwrap();
+        finish_sending(&writer);
+    });
+    thread::sleep(Duration::from_millis(100)); // let the window fill (not asserted)
+    assert_eq!(read_verified(&stream, 5, total), total);
+    sender.join().unwrap();
+    assert!(read_to_end(&mut stream).is_empty(), "bytes after the echo");
+}
+
+#[test]
+fn minimal_serves_200_connections_at_once() {
+    let server = start_minimal();
+    let mut clients: Vec<TcpStream> = (0..200).map(|_| connect(server.addr())).collect();
+    // Everyone sends before anyone reads: all 200 are open at once.
+    for (i, c) in clients.iter_mut().enumerate() {
+        let mut msg = vec![0u8; 1000 + i];
+        Pattern::new(i as u64).fill(&mut msg);
+        c.write_all(&msg).unwrap();
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        assert_eq!(read_verified(c, i as u64, 1000 + i), 1000 + i);
+        finish_sending(c);
+    }
+    for c in &mut clients {
+        assert!(read_to_end(c).is_empty());
+    }
+}
+
+#[test]
+fn minimal_fits_in_140_lines() {
+    let source = include_str!("../examples/minimal.rs");
+    let lines = source.lines().count();
+    assert!(lines <= 140, "examples/minimal.rs has {lines} lines");
+}
+
+#[test]
+fn issue_9_minimal_accepts_again_after_descriptors_run_out() {
+    // Under 16 descriptors minimal can hold about ten connections; thirty
+    // clients connect (the kernel queues the rest) and send one byte each.
+    // Accept fails with EMFILE and queued clients raise no new event, so
+    // each is served only if minimal retries accepting by itself.
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg("ulimit -n 16 && exec \"$0\" \"$@\"")
+        .arg(example_bin("minimal"))
+        .args(["--listen", "127.0.0.1:0"]);
+    let server = Server::spawn(cmd, 1);
+    let clients: Vec<TcpStream> = (0..30u8)
+        .map(|i| {
+            let mut c = connect(server.addr());
+            c.write_all(&[i]).unwrap();
+            c
+        })
+        .collect();
+    // In order: each client that leaves frees a descriptor for the next.
+    for (i, mut c) in clients.into_iter().enumerate() {
+        let mut b = [0u8; 1];
+        c.read_exact(&mut b)
+            .expect("a queued client was never served");
+        assert_eq!(b[0], i as u8);
+    }
+}
+
+#[test]
+fn the_client_prints_exactly_what_it_sent() {
+    let step1 = start_example("step1_blocking");
+    let addr = step1.addr().to_string();
+    let out = run_example("client", &[&addr, "hello from the test"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello from the test\n"
+    );
+
+    let minimal = start_minimal();
+    let addr = minimal.addr().to_string();
+    let out = run_example("client", &[&addr]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "Hello, world\n");
+}
+
+#[test]
+fn issue_9_examples_print_errors_as_one_line_messages() {
+    let cases: [(&str, &[&str], &str); 5] = [
+        ("minimal", &["--lisen", "127.0.0.1:0"], "is not IP:PORT"),
+        ("minimal", &["127.0.0.1:99999"], "is not IP:PORT"),
+        ("step1_blocking", &["nowhere"], "nowhere"),
+        ("step3_broken", &["nowhere"], "is not IP:PORT"),
+        ("client", &["nowhere"], "nowhere"),
+    ];
+    for (name, args, needle) in cases {
+        let out = run_example(name, args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name} {args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{name} {args:?}: {stderr}");
+        assert!(stderr.starts_with(&format!("{name}: ")), "{stderr}");
+        assert!(stderr.contains(needle), "{name} {args:?}: {stderr}");
+        assert!(!stderr.contains("Custom {"), "Debug output: {stderr}");
+    }
+}
