@@ -697,7 +697,11 @@ mod tests {
         assert_eq!(conn.stream.output, input);
         // Four full reads and the one that would block (1 byte per read
         // before the fix: 256 reads).
-        assert!(conn.stream.read_calls <= 5, "{} reads", conn.stream.read_calls);
+        assert!(
+            conn.stream.read_calls <= 5,
+            "{} reads",
+            conn.stream.read_calls
+        );
     }
 
     #[test]

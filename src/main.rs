@@ -285,7 +285,9 @@ fn count_up_to(max: usize) -> impl Fn(&str) -> Result<usize, String> + Clone {
             }
         })?;
         if n == 0 || n > max {
-            return Err(format!("{n} is out of range: give a whole number from 1 to {max}"));
+            return Err(format!(
+                "{n} is out of range: give a whole number from 1 to {max}"
+            ));
         }
         Ok(n)
     }
@@ -355,6 +357,7 @@ fn secs_up_to(max: Duration, zero_ok: bool) -> impl Fn(&str) -> Result<Duration,
         if secs > max.as_secs_f64() || (secs == 0.0 && !zero_ok) {
             return Err(format!("'{text}' is out of range: give {range}"));
         }
-        Duration::try_from_secs_f64(secs).map_err(|_| format!("'{text}' is out of range: give {range}"))
+        Duration::try_from_secs_f64(secs)
+            .map_err(|_| format!("'{text}' is out of range: give {range}"))
     }
 }

@@ -9,11 +9,11 @@ mod common;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -198,7 +198,10 @@ fn issue_8_a_connection_cut_short_at_the_deadline_is_reset_not_fin() {
     assert_eq!(status.code(), Some(0));
     let (echoed, reset) = read_until_end(&stream, 7);
     assert!(echoed < sent, "everything was echoed: the test did not cut");
-    assert!(reset, "{echoed} of {sent} bytes and then a FIN: silent truncation");
+    assert!(
+        reset,
+        "{echoed} of {sent} bytes and then a FIN: silent truncation"
+    );
     assert!(server.log_contains("closed_with_reset=1"));
 }
 
@@ -229,10 +232,29 @@ fn issue_8_huge_values_are_refused_at_parse_time() {
         &["--accepts-per-turn", "18446744073709551616"],
         &["--max-connections", "100000000"],
     ] {
-        let out = Command::new(server_bin()).args(args).output().unwrap();
+        // Bounded: a build that accepts the value keeps running.
+        let mut child = Command::new(server_bin())
+            .args(args)
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                child.kill().unwrap();
+                break;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        let out = child.wait_with_output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert!(stderr.starts_with("error: invalid value"), "{args:?}: {stderr}");
+        assert!(
+            stderr.starts_with("error: invalid value"),
+            "{args:?}: {stderr}"
+        );
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
         assert!(out.stdout.is_empty(), "{args:?} printed to stdout");
     }
@@ -282,14 +304,8 @@ fn issue_8_bytes_after_an_urgent_byte_are_echoed_without_waiting() {
         client.write_all(&before).unwrap();
         let urgent = [b'!'];
         // SAFETY: send() reads one byte from a live buffer on our own socket.
-        let rc = unsafe {
-            libc::send(
-                client.as_raw_fd(),
-                urgent.as_ptr().cast(),
-                1,
-                libc::MSG_OOB,
-            )
-        };
+        let rc =
+            unsafe { libc::send(client.as_raw_fd(), urgent.as_ptr().cast(), 1, libc::MSG_OOB) };
         assert_eq!(rc, 1, "send MSG_OOB");
         client.write_all(&after).unwrap();
         let mut expected = before.clone();
@@ -299,7 +315,10 @@ fn issue_8_bytes_after_an_urgent_byte_are_echoed_without_waiting() {
         client
             .read_exact(&mut back)
             .unwrap_or_else(|e| panic!("trial {trial}: echo stalled: {e}"));
-        assert!(back == expected, "trial {trial}: the urgent byte moved or vanished");
+        assert!(
+            back == expected,
+            "trial {trial}: the urgent byte moved or vanished"
+        );
     }
 }
 

@@ -82,7 +82,10 @@ fn clients_that_fit() -> usize {
 #[test]
 fn issue_8_pending_memory_is_bounded_and_given_back() {
     let clients_count = clients_that_fit();
-    assert!(clients_count >= 500, "open-files limit too low for this test");
+    assert!(
+        clients_count >= 500,
+        "open-files limit too low for this test"
+    );
     let server = Server::start(&["--max-pending", "64K"]);
     let idle = settled_rss(&server);
     let mut rounds = Vec::new();
@@ -107,7 +110,10 @@ fn issue_8_pending_memory_is_bounded_and_given_back() {
             if last.is_some_and(|l| l.contains(" active=0 ")) {
                 break;
             }
-            assert!(Instant::now() < deadline, "connections still open: {last:?}");
+            assert!(
+                Instant::now() < deadline,
+                "connections still open: {last:?}"
+            );
         }
         let after = settled_rss(&server);
         let per_connection = peak.saturating_sub(idle) / clients_count as u64;

@@ -18,8 +18,10 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
 /// named by `ECHOLOOP_BIN` (to show a regression test failing on an older
 /// build).
 pub fn server_bin() -> PathBuf {
-    std::env::var_os("ECHOLOOP_BIN")
-        .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_echoloop")), PathBuf::from)
+    std::env::var_os("ECHOLOOP_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_echoloop")),
+        PathBuf::from,
+    )
 }
 
 /// An example binary, built by this call if needed (once per test process):
