@@ -18,8 +18,9 @@
 //!   [`handle_timeout`](EchoServer::handle_timeout) once per turn. It never
 //!   creates a `Poll`, a `Waker` or a thread and keeps no global state;
 //!   `examples/embed.rs` runs it beside a UDP socket, a waker and a timer.
-//! * **Learn from `examples/minimal.rs`** first: the same loop in about 150
-//!   lines with nothing but mio and slab.
+//! * **Learn from `docs/learn.md`** first: four runnable steps from a
+//!   blocking echo server to `examples/minimal.rs`, the same loop in 140
+//!   lines with nothing but mio and slab, each step shown failing.
 //!
 //! # The loop, step by step
 //!
@@ -61,15 +62,22 @@
 //!
 //! * Readiness is edge-triggered: an event says "something changed", once. So
 //!   read (and accept) until `WouldBlock`, or you may never hear of the rest.
-//!   On Linux a short read of a stream socket already proves the queue empty.
+//!   `examples/minimal.rs` does exactly that.
 //! * `WouldBlock` means "done for now", `Interrupted` means "try again".
+//! * An optimisation this crate adds on Linux: a read that returns less than
+//!   the buffer already proves the queue empty, which saves the `EAGAIN` read
+//!   per message. Two exceptions make it read on to `WouldBlock` anyway: an
+//!   event that says the peer closed (a FIN queued behind the data raises no
+//!   new edge) and urgent data (a read stops at the urgent mark; sockets get
+//!   `SO_OOBINLINE`, so the urgent byte is echoed in place like any other).
 //! * A write may take only part of the buffer: keep the rest, in order.
 //! * Ask for WRITABLE only while something is pending, or every idle socket
 //!   wakes the loop.
 //! * Stop reading when too much is pending (backpressure): TCP flow control
 //!   then slows the sender, and memory stays bounded.
 //! * A read of 0 bytes is the peer's FIN: deliver what is pending, then shut
-//!   down the write side.
+//!   down the write side. An orderly FIN from us always means "everything
+//!   was echoed"; a connection cut short is reset (`SO_LINGER 0`) instead.
 //! * Deregister before closing, in one place.
 //!
 //! # What it deliberately does not do
