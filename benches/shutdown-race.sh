@@ -10,7 +10,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 trials="${1:-30}"
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+status=0
 ECHOLOOP_TRIALS="$trials" cargo test --release --quiet --test issue_8 \
-    issue_8_shutdown_echoes_every_byte_sent_before_the_signal_then_fin -- --nocapture 2>&1 |
-    grep -E "^shutdown race:|panicked|trial [0-9]+" || true
-test "${PIPESTATUS[0]}" -eq 0
+    issue_8_shutdown_echoes_every_byte_sent_before_the_signal_then_fin -- --nocapture \
+    >"$log" 2>&1 || status=$?
+grep -E "^shutdown race:|panicked|trial [0-9]+" "$log" || cat "$log"
+exit "$status"
