@@ -41,7 +41,7 @@ fn run() -> io::Result<()> {
     loop {
         // Out of descriptors, accept fails and the clients still queued raise
         // no event: retry after every turn (a closed connection frees one),
-        // at least every 100 ms. src/server.rs backs off 10 ms to 1 s instead.
+        // at least every 100 ms. src/server/accept.rs backs off 10 ms to 1 s instead.
         let timeout = accept_due.then(|| Duration::from_millis(100));
         match poll.poll(&mut events, timeout) {
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,

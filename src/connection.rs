@@ -1,7 +1,7 @@
 //! One peer's echo state, over any `Read + Write` stream.
 //!
 //! A [`Connection`] knows nothing about `mio`, registries or tokens: the loop
-//! in `server.rs` owns those. That keeps the echo logic testable with a
+//! in `server/` owns those. That keeps the echo logic testable with a
 //! scripted in-memory stream (see the tests at the bottom of this file) and
 //! makes the rules of non-blocking I/O visible in one place:
 //!
@@ -213,7 +213,7 @@ pub struct Connection<S> {
     // Some only while bytes are waiting to be written back; never empty.
     pending: Option<Box<Pending>>,
     // The loop's bookkeeping, kept here (not in a wrapper struct) so that the
-    // whole slab entry packs into 24 bytes: see `server.rs`.
+    // whole slab entry packs into 24 bytes: see `server/mod.rs`.
     pub(crate) last_active: u32,
     pub(crate) generation: u16,
     pub(crate) registered: u8,

@@ -58,6 +58,13 @@
 //!    used their read budget, accepts left over, idle deadlines and the
 //!    shutdown deadline; [`EchoServer::poll_timeout`] said how long to sleep.
 //!
+//! In the source, each concern has a file of its own under `src/server/`:
+//! `mod.rs` routes events and holds the two per-turn calls, `accept.rs`
+//! accepts (and backs off when descriptors run out), `drive.rs` runs one
+//! connection's turn around [`Connection::drive`] and is the one place that
+//! closes, `deadlines.rs` keeps the idle deadlines, `shutdown.rs` the orderly
+//! shutdown, and `stats.rs` the counters.
+//!
 //! # Rules of readiness I/O this crate follows
 //!
 //! * Readiness is edge-triggered: an event says "something changed", once. So

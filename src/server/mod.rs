@@ -1,0 +1,433 @@
+//! The echo service as a guest in a host's `mio::Poll`: the [`EchoServer`]
+//! and its fields, event routing, and the calls that tell the host what next.
+//!
+//! The host owns the `Poll` and calls, in each turn of its loop:
+//!
+//! ```text
+//!   poll(events, server.poll_timeout(now))       how long may we sleep?
+//!   for each event the server owns:
+//!       server.handle_event(registry, event, now)  accept / echo
+//!   server.handle_timeout(registry, now)           leftover work, deadlines
+//! ```
+//!
+//! This file routes events and timeouts; each concern has a room beside it,
+//! and each adds its own `impl EchoServer` block:
+//!
+//! * `accept.rs`: listeners, accepting (bounded per turn), the connection
+//!   limit, and what happens when descriptors run out (the back-off).
+//! * `drive.rs`: one connection's turn: echo, interest, the ready queue of
+//!   connections that used their budget, and `close` (FIN or reset).
+//! * `deadlines.rs`: idle deadlines and their lazy heap.
+//! * `shutdown.rs`: orderly shutdown: quiet connections, the deadline.
+//! * `stats.rs`: the counters.
+//!
+//! The echo itself is `Connection::drive` in `connection.rs`, which never
+//! sees a `Registry`.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::io;
+use std::time::{Duration, Instant};
+
+use log::trace;
+use mio::event::Event;
+use mio::net::TcpStream;
+use mio::{Interest, Registry, Token};
+use slab::Slab;
+
+use crate::config::Config;
+use crate::connection::{Connection, Limits, Scratch};
+use crate::token::{Target, Tokens};
+
+mod accept;
+mod deadlines;
+mod drive;
+mod shutdown;
+mod stats;
+
+pub use shutdown::SHUTDOWN_QUIET;
+pub use stats::Stats;
+
+use accept::{Backoff, Listener};
+use deadlines::IdleCheck;
+use drive::QUEUED;
+use shutdown::Shutdown;
+
+/// A TCP echo server that runs inside a host's `mio::Poll`.
+///
+/// It owns its listeners and connections, never a `Poll`, `Waker` or thread.
+/// It uses only tokens in `base .. base + TOKEN_SPAN` (see
+/// [`EchoServer::owns`]). Each method does a bounded amount of work, stated
+/// on the method. A connection's failure is handled inside; only a
+/// listener's failure reaches the host as an error.
+///
+/// ```
+/// use std::time::Instant;
+/// use mio::{Events, Poll, Token};
+/// use echoloop::{Config, EchoServer};
+///
+/// let mut poll = Poll::new()?;
+/// let mut server = EchoServer::new(Config::default(), Token(0));
+/// let addr = server.bind("127.0.0.1:0".parse().unwrap())?;
+/// server.register(poll.registry())?;
+///
+/// let mut client = std::net::TcpStream::connect(addr)?;
+/// # use std::io::{Read, Write};
+/// client.write_all(b"ping")?;
+/// let mut events = Events::with_capacity(64);
+/// let mut reply = [0u8; 4];
+/// client.set_nonblocking(true)?;
+/// let mut got = 0;
+/// while got < 4 {
+///     poll.poll(&mut events, server.poll_timeout(Instant::now()))?;
+///     let now = Instant::now();
+///     for event in events.iter() {
+///         server.handle_event(poll.registry(), event, now)?;
+///     }
+///     server.handle_timeout(poll.registry(), now)?;
+///     match client.read(&mut reply[got..]) {
+///         Ok(n) => got += n,
+///         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+///         Err(e) => return Err(e),
+///     }
+/// }
+/// assert_eq!(&reply, b"ping");
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub struct EchoServer {
+    config: Config,
+    limits: Limits,
+    tokens: Tokens,
+    listeners: Vec<Listener>,
+    conns: Slab<Connection<TcpStream>>,
+    scratch: Scratch,
+    // Connections that used their budget with data left: served next turn.
+    ready: VecDeque<(usize, u16)>,
+    idle: BinaryHeap<Reverse<IdleCheck>>,
+    epoch: Instant,
+    next_generation: u16,
+    backoff: Option<Backoff>,
+    // Some once shutdown has begun: connections get our FIN once the peer
+    // finished or went quiet, and are closed at the deadline.
+    shutdown: Option<Shutdown>,
+    over_limit_warned: bool,
+    stats: Stats,
+}
+
+impl EchoServer {
+    /// Creates a server with no listeners that will use tokens from `base`.
+    ///
+    /// Allocates the shared read buffer (`config.read_buffer` bytes) and
+    /// nothing per connection.
+    ///
+    /// # Panics
+    /// If `config` fails [`Config::validate`], or `base + TOKEN_SPAN` does not
+    /// fit in `usize`: both are programming errors of the host.
+    ///
+    /// ```
+    /// let server = echoloop::EchoServer::new(echoloop::Config::default(), mio::Token(0));
+    /// assert!(server.owns(mio::Token(0)));
+    /// ```
+    pub fn new(config: Config, base: Token) -> EchoServer {
+        if let Err(msg) = config.validate() {
+            panic!("invalid echoloop config: {msg}");
+        }
+        let tokens = Tokens::new(base).expect("base token + TOKEN_SPAN must fit in usize");
+        let slots = config.max_connections.min(1 << 20);
+        EchoServer {
+            limits: config.limits(),
+            scratch: Scratch::new(config.read_buffer),
+            config,
+            tokens,
+            listeners: Vec::new(),
+            // Reserved, not touched: pages become resident only as slots are
+            // used, and the slab never moves (no copy, no doubling spike).
+            conns: Slab::with_capacity(slots),
+            ready: VecDeque::new(),
+            idle: BinaryHeap::new(),
+            epoch: Instant::now(),
+            next_generation: 0,
+            backoff: None,
+            shutdown: None,
+            over_limit_warned: false,
+            stats: Stats::default(),
+        }
+    }
+
+    /// Registers every listener not registered yet with `registry`.
+    ///
+    /// Work: one `epoll_ctl` per new listener.
+    ///
+    /// # Errors
+    /// The registry's error; listeners registered before it stay registered.
+    ///
+    /// ```
+    /// let poll = mio::Poll::new()?;
+    /// let mut server = echoloop::EchoServer::new(Default::default(), mio::Token(10));
+    /// server.bind("127.0.0.1:0".parse().unwrap())?;
+    /// server.register(poll.registry())?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn register(&mut self, registry: &Registry) -> io::Result<()> {
+        for (index, listener) in self.listeners.iter_mut().enumerate() {
+            if let (Some(socket), false) = (listener.socket.as_mut(), listener.registered) {
+                let token = self.tokens.listener(index);
+                registry.register(socket, token, Interest::READABLE)?;
+                listener.registered = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// True if `token` is in this server's range: route its events here.
+    pub fn owns(&self, token: Token) -> bool {
+        self.tokens.owns(token)
+    }
+
+    /// The tokens this server may use: `base .. base + TOKEN_SPAN`.
+    pub fn token_range(&self) -> std::ops::Range<usize> {
+        self.tokens.range()
+    }
+
+    /// Handles one event for a token this server owns; ignores others.
+    ///
+    /// A listener event accepts up to `accepts_per_turn` connections; a
+    /// connection event echoes up to `budget` bytes on that connection.
+    /// Events are hints: a stale one (for a connection already closed, even if
+    /// its slab slot was reused since) is ignored at no cost.
+    ///
+    /// # Errors
+    /// Only a listener's failure; a connection's failure closes it.
+    pub fn handle_event(
+        &mut self,
+        registry: &Registry,
+        event: &Event,
+        now: Instant,
+    ) -> io::Result<()> {
+        trace!(
+            "token {}: readable={} writable={} read_closed={}",
+            event.token().0,
+            event.is_readable(),
+            event.is_writable(),
+            event.is_read_closed(),
+        );
+        let hints = Hints {
+            read_closed: event.is_read_closed(),
+            urgent: event.is_priority(),
+        };
+        self.handle_token(registry, event.token(), hints, now)
+    }
+
+    fn handle_token(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        hints: Hints,
+        now: Instant,
+    ) -> io::Result<()> {
+        match self.tokens.decode(token) {
+            Some(Target::Listener(index)) => {
+                trace!("listener {index}: ready");
+                if self.backoff.is_none() {
+                    self.accept(registry, index, now)?;
+                }
+            }
+            Some(Target::Connection { key, generation }) => match self.current(key, generation) {
+                Some(conn) => {
+                    // No further edge will announce this FIN: remember it
+                    // (see `Connection::peer_closing`).
+                    if hints.read_closed {
+                        conn.peer_closing();
+                    }
+                    if hints.urgent {
+                        conn.urgent_data();
+                    }
+                    self.drive(registry, key, now);
+                }
+                None => trace!("connection {key}: stale event ignored"),
+            },
+            None => trace!("token {}: not ours", token.0),
+        }
+        Ok(())
+    }
+
+    /// How long the host may sleep before calling [`EchoServer::handle_timeout`].
+    ///
+    /// Zero while budgeted work is left over (a connection yielded, a listener
+    /// hit its accept limit); otherwise the earliest of the accept back-off,
+    /// the next idle deadline and the shutdown deadline; `None` when nothing
+    /// is due. Work: O(listeners).
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// let config = echoloop::Config { idle_timeout: Some(Duration::from_secs(30)), ..Default::default() };
+    /// let server = echoloop::EchoServer::new(config, mio::Token(0));
+    /// // Nothing to do and no connection to time out: sleep until an event.
+    /// assert_eq!(server.poll_timeout(Instant::now()), None);
+    /// ```
+    pub fn poll_timeout(&self, now: Instant) -> Option<Duration> {
+        let retry_now = self.backoff.as_ref().is_some_and(|b| b.retry_now);
+        let accept_more = self.backoff.is_none() && self.listeners.iter().any(|l| l.more);
+        if !self.ready.is_empty() || retry_now || accept_more {
+            return Some(Duration::ZERO);
+        }
+        let idle = self.idle_due();
+        let (deadline, sweep) = match &self.shutdown {
+            Some(shutdown) if !self.conns.is_empty() => {
+                (shutdown.deadline, Some(shutdown.next_sweep))
+            }
+            _ => (None, None),
+        };
+        [
+            self.backoff.as_ref().map(|b| b.until),
+            idle,
+            deadline,
+            sweep,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|due| due.saturating_duration_since(now))
+    }
+
+    /// Does the work that is due at `now`: connections that yielded their
+    /// budget, accepts left over or backed off, idle closes and the shutdown
+    /// deadline. Call it once per loop turn, after the events.
+    ///
+    /// Work: one budget for each connection queued before the call, up to
+    /// `accepts_per_turn` accepts per listener, up to 1024 idle closes, and
+    /// at the shutdown deadline one close per remaining connection.
+    ///
+    /// # Errors
+    /// Only a listener's failure.
+    pub fn handle_timeout(&mut self, registry: &Registry, now: Instant) -> io::Result<()> {
+        for _ in 0..self.ready.len() {
+            let Some((key, generation)) = self.ready.pop_front() else {
+                break;
+            };
+            if let Some(conn) = self.current(key, generation) {
+                conn.registered &= !QUEUED;
+                self.drive(registry, key, now);
+            }
+        }
+        self.accept_due(registry, now)?;
+        self.close_idle(registry, now);
+        let deadline = self.shutdown.as_ref().and_then(|s| s.deadline);
+        if deadline.is_some_and(|deadline| now >= deadline) {
+            self.close_all(registry);
+        } else {
+            self.finish_quiet(registry, now);
+        }
+        Ok(())
+    }
+
+    /// The connection at `key` if it is still the one `generation` names:
+    /// the one check that keeps stale tokens and queue entries harmless.
+    fn current(&mut self, key: usize, generation: u16) -> Option<&mut Connection<TcpStream>> {
+        self.conns
+            .get_mut(key)
+            .filter(|conn| conn.generation == generation)
+    }
+
+    fn keys(&self) -> Vec<usize> {
+        self.conns.iter().map(|(key, _)| key).collect()
+    }
+}
+
+/// What an event said beyond "ready".
+#[derive(Debug, Clone, Copy, Default)]
+struct Hints {
+    // The peer's FIN has arrived.
+    read_closed: bool,
+    // TCP urgent data has arrived.
+    urgent: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::drive::Reason;
+    use super::*;
+    use std::io::Write;
+    use std::net::{SocketAddr, TcpStream as StdStream};
+
+    // Shared with the tests of the other rooms.
+    pub(super) fn server_with_listener(
+        poll: &mio::Poll,
+        config: Config,
+    ) -> (EchoServer, SocketAddr) {
+        let mut server = EchoServer::new(config, Token(100));
+        let addr = server.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        server.register(poll.registry()).unwrap();
+        (server, addr)
+    }
+
+    // Accepts one pending connection by handling a listener event.
+    pub(super) fn accept_one(server: &mut EchoServer, poll: &mio::Poll) -> (usize, Token) {
+        let before = server.stats().accepted;
+        for _ in 0..1000 {
+            let listener = server.tokens.listener(0);
+            server
+                .handle_token(poll.registry(), listener, Hints::default(), Instant::now())
+                .unwrap();
+            if server.stats().accepted > before {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let (key, conn) = server.conns.iter().last().expect("accepted a connection");
+        (key, server.tokens.connection(key, conn.generation))
+    }
+
+    #[test]
+    fn stale_token_of_a_reused_slot_is_ignored() {
+        let poll = mio::Poll::new().unwrap();
+        let (mut server, addr) = server_with_listener(&poll, Config::default());
+        let _a = StdStream::connect(addr).unwrap();
+        let (key_a, token_a) = accept_one(&mut server, &poll);
+        // A closes (as if its error was handled earlier in this batch)...
+        server.close(poll.registry(), key_a, Reason::Error);
+        // ...and B, accepted in the same batch, gets the same slab key.
+        let mut b = StdStream::connect(addr).unwrap();
+        let (key_b, token_b) = accept_one(&mut server, &poll);
+        assert_eq!(key_a, key_b, "slab reuses the freed key");
+        assert_ne!(token_a, token_b, "but the token differs");
+        b.write_all(b"for b only").unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        // The event queued for A arrives now: it must not touch B.
+        server
+            .handle_token(poll.registry(), token_a, Hints::default(), Instant::now())
+            .unwrap();
+        assert_eq!(server.stats().bytes_in, 0, "stale event drove the newcomer");
+        assert_eq!(server.stats().active, 1);
+        // B's own event echoes B's bytes.
+        server
+            .handle_token(poll.registry(), token_b, Hints::default(), Instant::now())
+            .unwrap();
+        assert_eq!(server.stats().bytes_in, 10);
+    }
+
+    #[test]
+    fn tokens_outside_the_range_are_not_ours() {
+        let poll = mio::Poll::new().unwrap();
+        let (mut server, _) = server_with_listener(&poll, Config::default());
+        assert!(!server.owns(Token(99)));
+        assert!(server.owns(Token(100)));
+        server
+            .handle_token(poll.registry(), Token(5), Hints::default(), Instant::now())
+            .unwrap();
+        assert_eq!(server.stats(), Stats::default());
+    }
+
+    #[test]
+    fn slab_entry_is_small() {
+        let entry = std::mem::size_of::<Connection<TcpStream>>();
+        println!(
+            "connection {entry} bytes, stream {}, slab entry {}",
+            std::mem::size_of::<TcpStream>(),
+            std::mem::size_of::<Slab<Connection<TcpStream>>>()
+        );
+        // mio adds a selector id to each socket in debug builds only.
+        let limit = if cfg!(debug_assertions) { 32 } else { 24 };
+        assert!(entry <= limit, "connection grew to {entry} bytes");
+    }
+}

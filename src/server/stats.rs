@@ -1,0 +1,103 @@
+//! The counters: [`Stats`], what [`EchoServer::stats`] returns and the
+//! binary logs as its `stats:` line. `count` adds up one drive's progress;
+//! the other counters are bumped where their event happens (accept, close,
+//! back-off), next to the code that decides it.
+
+use std::fmt;
+use std::time::Duration;
+
+use super::EchoServer;
+use crate::connection::Progress;
+
+/// Counters of what the server did, from [`EchoServer::stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Connections accepted and served.
+    pub accepted: u64,
+    /// Connections accepted and closed at once: over the limit or shutting down.
+    pub rejected: u64,
+    /// Connections open now.
+    pub active: u64,
+    /// Closed after the peer half-closed and every byte was echoed.
+    pub closed_by_peer: u64,
+    /// Closed after an I/O error (reset, broken pipe).
+    pub closed_by_error: u64,
+    /// Closed after no traffic for the idle timeout.
+    pub closed_by_idle: u64,
+    /// Closed by shutdown.
+    pub closed_by_shutdown: u64,
+    /// Closes (of any kind above) done with a reset (SO_LINGER 0) because
+    /// bytes remained in either direction or the connection failed: the
+    /// peer sees an error, never a FIN after a truncated echo.
+    pub closed_with_reset: u64,
+    /// Bytes read from peers.
+    pub bytes_in: u64,
+    /// Bytes written to peers.
+    pub bytes_out: u64,
+    /// Times a connection's reading paused because too much was pending.
+    pub backpressure_pauses: u64,
+    /// Episodes of running out of descriptors on accept.
+    pub accept_backoffs: u64,
+    /// Time spent backed off from accepting.
+    pub backed_off: Duration,
+    /// Times a connection used its read budget with data left and yielded.
+    pub budget_yields: u64,
+    /// Times a listener reached the per-turn accept limit with connections
+    /// possibly left in its backlog (revisited next turn).
+    pub accept_yields: u64,
+    /// Accept errors that concerned one incoming connection only.
+    pub accept_errors: u64,
+}
+
+impl fmt::Display for Stats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "accepted={} rejected={} active={} closed_by_peer={} closed_by_error={} \
+             closed_by_idle={} closed_by_shutdown={} closed_with_reset={} bytes_in={} bytes_out={} \
+             backpressure_pauses={} accept_backoffs={} backed_off_ms={} budget_yields={} \
+             accept_yields={} accept_errors={}",
+            self.accepted,
+            self.rejected,
+            self.active,
+            self.closed_by_peer,
+            self.closed_by_error,
+            self.closed_by_idle,
+            self.closed_by_shutdown,
+            self.closed_with_reset,
+            self.bytes_in,
+            self.bytes_out,
+            self.backpressure_pauses,
+            self.accept_backoffs,
+            self.backed_off.as_millis(),
+            self.budget_yields,
+            self.accept_yields,
+            self.accept_errors,
+        )
+    }
+}
+
+impl EchoServer {
+    /// The counters so far. Work: O(1).
+    ///
+    /// ```
+    /// let server = echoloop::EchoServer::new(Default::default(), mio::Token(0));
+    /// let stats = server.stats();
+    /// assert_eq!((stats.accepted, stats.active, stats.bytes_out), (0, 0, 0));
+    /// println!("{stats}"); // accepted=0 rejected=0 active=0 ...
+    /// ```
+    pub fn stats(&self) -> Stats {
+        Stats {
+            active: self.conns.len() as u64,
+            ..self.stats
+        }
+    }
+
+    pub(super) fn count(&mut self, progress: &Progress) {
+        self.stats.bytes_in += progress.bytes_in as u64;
+        self.stats.bytes_out += progress.bytes_out as u64;
+        if progress.paused {
+            self.stats.backpressure_pauses += 1;
+        }
+    }
+}
