@@ -189,35 +189,11 @@ fn counters_follow_what_happened() {
 
 #[test]
 fn the_embed_example_serves_echo_and_its_own_udp() {
-    let mut child = Command::new(example_bin("embed"))
-        .args(["--listen", "127.0.0.1:0", "--udp", "127.0.0.1:0"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("run examples/embed (built by cargo test)");
-    // Lines arrive through a channel so a silent child fails the test, not hangs it.
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let (mut child, tcp, udp, rx) = start_embed_example();
     let next_line = || {
         rx.recv_timeout(IO_TIMEOUT)
             .expect("a line from the example")
     };
-    let tcp: SocketAddr = next_line()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .parse()
-        .unwrap();
-    let udp: SocketAddr = next_line()
-        .strip_prefix("udp on ")
-        .unwrap()
-        .parse()
-        .unwrap();
     assert_eq!(
         echo_verified(connect(tcp), 1, 1 << 20, &[4096, 65536]),
         1 << 20
@@ -260,30 +236,11 @@ fn issue_9_the_embed_example_rejects_unknown_options() {
 fn issue_9_the_embed_example_shuts_down_gracefully_on_sigterm() {
     // Standard input stays open (piped, never written), so only the signal
     // can end the example.
-    let mut child = Command::new(example_bin("embed"))
-        .args(["--listen", "127.0.0.1:0", "--udp", "127.0.0.1:0"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("run examples/embed");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let (mut child, tcp, _udp, rx) = start_embed_example();
     let next_line = || {
         rx.recv_timeout(IO_TIMEOUT)
             .expect("a line from the example")
     };
-    let tcp: SocketAddr = next_line()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .parse()
-        .unwrap();
-    let _udp = next_line();
     let mut client = connect(tcp);
     ping(&mut client, b"before the signal");
     // Sent before the signal, read back after it: shutdown keeps every echo
@@ -355,4 +312,42 @@ fn the_minimal_example_flushes_before_its_fin() {
     assert_eq!(read_verified(&stream, 4, total), total);
     sender.join().unwrap();
     assert!(read_to_end(&mut stream).is_empty());
+}
+
+/// Runs examples/embed on ports 0 with standard input piped (kept open) and
+/// returns it with its TCP and UDP addresses, read from its first two lines,
+/// and the channel of its further stdout lines.
+fn start_embed_example() -> (
+    std::process::Child,
+    SocketAddr,
+    SocketAddr,
+    std::sync::mpsc::Receiver<String>,
+) {
+    let mut child = Command::new(example_bin("embed"))
+        .args(["--listen", "127.0.0.1:0", "--udp", "127.0.0.1:0"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run examples/embed");
+    // Lines arrive through a channel so a silent child fails the test, not hangs it.
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let next_addr = |prefix: &str| -> SocketAddr {
+        let line = rx
+            .recv_timeout(IO_TIMEOUT)
+            .expect("a line from the example");
+        line.strip_prefix(prefix)
+            .unwrap_or_else(|| panic!("expected {prefix:?}, got {line:?}"))
+            .parse()
+            .unwrap()
+    };
+    let tcp = next_addr("listening on ");
+    let udp = next_addr("udp on ");
+    (child, tcp, udp, rx)
 }
