@@ -5,7 +5,6 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -45,12 +44,10 @@ fn fresh_stats(server: &Server) {
 fn out_of_descriptors_backs_off_without_spinning_and_recovers() {
     // Like libuv's test-emfile: a child with RLIMIT_NOFILE = 32, and a
     // connection limit far above it so accept itself runs out of descriptors.
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg("ulimit -n 32 && exec \"$0\" \"$@\"")
-        .arg(server_bin())
-        .args(["--listen", "127.0.0.1:0", "--max-connections", "1000"]);
-    let server = Server::spawn(cmd, 1);
+    let server = Server::start_with_ulimit(
+        "ulimit -n 32",
+        &["--listen", "127.0.0.1:0", "--max-connections", "1000"],
+    );
     let addr = server.addr();
     let mut clients: Vec<TcpStream> = Vec::new();
     for i in 0..60u8 {

@@ -67,24 +67,17 @@ fn issue_9_no_listening_line_until_every_address_is_bound() {
 
 #[test]
 fn issue_9_a_connection_limit_the_descriptors_cannot_hold_is_warned() {
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg("ulimit -n 64 && exec \"$0\" \"$@\"")
-        .arg(server_bin())
-        .args(["--listen", "127.0.0.1:0", "--max-connections", "1000"]);
-    let server = Server::spawn(cmd, 1);
+    let server = Server::start_with_ulimit(
+        "ulimit -n 64",
+        &["--listen", "127.0.0.1:0", "--max-connections", "1000"],
+    );
     assert!(
         server.log_contains("--max-connections 1000 cannot be reached"),
         "{}",
         server.stderr()
     );
     // The default under the same limit is the documented rule: half of it.
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg("ulimit -n 64 && exec \"$0\" \"$@\"")
-        .arg(server_bin())
-        .args(["--listen", "127.0.0.1:0"]);
-    let server = Server::spawn(cmd, 1);
+    let server = Server::start_with_ulimit("ulimit -n 64", &["--listen", "127.0.0.1:0"]);
     assert!(
         server.log_contains("max connections 32 (open-files limit 64)"),
         "{}",
@@ -95,12 +88,10 @@ fn issue_9_a_connection_limit_the_descriptors_cannot_hold_is_warned() {
 #[test]
 fn issue_9_raising_the_open_files_limit_is_logged() {
     // A soft limit below the hard one is raised, and the log says so.
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg("ulimit -Sn 256 && ulimit -Hn 512 && exec \"$0\" \"$@\"")
-        .arg(server_bin())
-        .args(["--listen", "127.0.0.1:0"]);
-    let server = Server::spawn(cmd, 1);
+    let server = Server::start_with_ulimit(
+        "ulimit -Sn 256 && ulimit -Hn 512",
+        &["--listen", "127.0.0.1:0"],
+    );
     assert!(
         server.log_contains("raised the open-files limit from 256 to 512"),
         "{}",

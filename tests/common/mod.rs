@@ -92,6 +92,17 @@ impl Server {
         Server::spawn(cmd, listeners)
     }
 
+    /// Starts the echoloop binary with `args` (which must include one
+    /// `--listen`) under the shell's `ulimit` commands, e.g. `"ulimit -n 64"`.
+    pub fn start_with_ulimit(ulimit: &str, args: &[&str]) -> Server {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!("{ulimit} && exec \"$0\" \"$@\""))
+            .arg(server_bin())
+            .args(args);
+        Server::spawn(cmd, 1)
+    }
+
     /// Spawns `cmd` and waits for `listeners` lines `listening on IP:PORT`.
     pub fn spawn(mut cmd: Command, listeners: usize) -> Server {
         cmd.stdout(Stdio::piped())
