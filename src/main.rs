@@ -27,8 +27,11 @@ const SERVER_BASE: Token = Token(1);
 /// A TCP echo server (RFC 862) on one single-threaded mio readiness loop.
 ///
 /// Every byte received on a connection is sent back on that connection, in
-/// order. Once every listener is bound it prints `listening on IP:PORT` on
-/// stdout, one line per listener. SIGINT or SIGTERM stops accepting and echoes
+/// order. With --udp, each datagram is also sent back to its sender as one
+/// datagram (never to source port 0 or the ports of reflecting services like
+/// echo, chargen, DNS, NTP). Once every socket is bound it prints `listening
+/// on IP:PORT` on stdout, one line per listener, then `listening on udp
+/// IP:PORT` per UDP socket. SIGINT or SIGTERM stops accepting and echoes
 /// everything clients sent; each connection gets an orderly FIN once the client
 /// has sent its own FIN (or been quiet for 250 ms with nothing left to echo),
 /// and a reset if bytes would otherwise be lost when --shutdown-timeout runs
@@ -50,6 +53,13 @@ struct Args {
         value_parser = parse_addr
     )]
     listen: Vec<SocketAddr>,
+
+    /// Also serve UDP echo on this address, as IP:PORT ([::1]:PORT for
+    /// IPv6). Repeat for several (at most 16). Off by default. Replies that
+    /// the socket will not take are dropped, and datagrams from port 0 or
+    /// the well-known ports of reflecting services are not answered.
+    #[arg(long = "udp", value_name = "ADDR", value_parser = parse_addr)]
+    udp: Vec<SocketAddr>,
 
     /// Most connections served at once (1 to 16,777,200); one more is
     /// accepted and closed at once. [default: the open-files limit minus 64,
@@ -165,13 +175,23 @@ fn run(args: Args) -> Result<(), String> {
             .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         bound.push(local);
     }
+    let mut bound_udp = Vec::with_capacity(args.udp.len());
+    for addr in &args.udp {
+        let local = server
+            .bind_udp(*addr)
+            .map_err(|e| format!("cannot listen on udp {addr}: {e}"))?;
+        bound_udp.push(local);
+    }
     server
         .register(poll.registry())
-        .map_err(|e| format!("cannot register listeners: {e}"))?;
+        .map_err(|e| format!("cannot register sockets: {e}"))?;
     let mut stdout = io::stdout().lock();
     for local in &bound {
         // Scripts and tests wait for this exact line.
         writeln!(stdout, "listening on {local}").map_err(|e| e.to_string())?;
+    }
+    for local in &bound_udp {
+        writeln!(stdout, "listening on udp {local}").map_err(|e| e.to_string())?;
     }
     stdout.flush().map_err(|e| e.to_string())?;
     drop(stdout);

@@ -4,7 +4,9 @@
 //! given by the host. Inside the range a token is
 //! `base + (generation << SLOT_BITS | slot)`:
 //!
-//! * slots `0 .. MAX_LISTENERS` are listeners (generation 0);
+//! * slots `0 .. MAX_LISTENERS` are listeners with generation 0, and the
+//!   UDP sockets with generation 1 (a listener slot has no generations of
+//!   its own, so UDP fits in the range without taking a connection slot);
 //! * slot `MAX_LISTENERS + key` is the connection at slab `key`.
 //!
 //! The generation changes each time a slab key is reused, so an event that
@@ -16,6 +18,8 @@ use mio::Token;
 const SLOT_BITS: u32 = 24;
 const SLOT_MASK: usize = (1 << SLOT_BITS) - 1;
 const GENERATION_BITS: u32 = 16;
+/// The generation that marks a listener slot as a UDP socket's.
+const UDP_GENERATION: usize = 1;
 
 /// How many tokens one server uses, starting at its base token.
 ///
@@ -33,6 +37,7 @@ pub const MAX_CONNECTIONS: usize = SLOT_MASK + 1 - MAX_LISTENERS;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Target {
     Listener(usize),
+    Udp(usize),
     Connection { key: usize, generation: u16 },
 }
 
@@ -62,6 +67,11 @@ impl Tokens {
         Token(self.base + index)
     }
 
+    pub(crate) fn udp(&self, index: usize) -> Token {
+        debug_assert!(index < MAX_LISTENERS);
+        Token(self.base + (UDP_GENERATION << SLOT_BITS | index))
+    }
+
     pub(crate) fn connection(&self, key: usize, generation: u16) -> Token {
         debug_assert!(key < MAX_CONNECTIONS);
         let local = (generation as usize) << SLOT_BITS | (key + MAX_LISTENERS);
@@ -76,7 +86,11 @@ impl Tokens {
         let slot = local & SLOT_MASK;
         let generation = (local >> SLOT_BITS) as u16;
         if slot < MAX_LISTENERS {
-            return (generation == 0).then_some(Target::Listener(slot));
+            return match generation as usize {
+                0 => Some(Target::Listener(slot)),
+                UDP_GENERATION => Some(Target::Udp(slot)),
+                _ => None,
+            };
         }
         Some(Target::Connection {
             key: slot - MAX_LISTENERS,
@@ -93,6 +107,11 @@ mod tests {
     fn round_trips_listeners_and_connections() {
         let tokens = Tokens::new(Token(1000)).unwrap();
         assert_eq!(tokens.decode(tokens.listener(3)), Some(Target::Listener(3)));
+        assert_eq!(tokens.decode(tokens.udp(3)), Some(Target::Udp(3)));
+        assert_ne!(tokens.udp(0), tokens.listener(0));
+        assert!(tokens.owns(tokens.udp(MAX_LISTENERS - 1)));
+        // Other generations of a listener slot name nothing.
+        assert_eq!(tokens.decode(Token(1000 + (2 << SLOT_BITS))), None);
         let t = tokens.connection(12345, 777);
         assert_eq!(
             tokens.decode(t),

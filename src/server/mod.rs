@@ -19,6 +19,8 @@
 //!   connections that used their budget, and `close` (FIN or reset).
 //! * `deadlines.rs`: idle deadlines and their lazy heap.
 //! * `shutdown.rs`: orderly shutdown: quiet connections, the deadline.
+//! * `udp.rs`: UDP echo: datagrams in, replies out or dropped, reflection
+//!   protection, a per-turn datagram budget.
 //! * `stats.rs`: the counters.
 //!
 //! The echo itself is `Connection::drive` in `connection.rs`, which never
@@ -44,14 +46,17 @@ mod deadlines;
 mod drive;
 mod shutdown;
 mod stats;
+mod udp;
 
 pub use shutdown::SHUTDOWN_QUIET;
 pub use stats::Stats;
+pub use udp::{refused_source_port, MAX_UDP_SOCKETS, UDP_BUFFER, UDP_DATAGRAMS_PER_TURN};
 
 use accept::{Backoff, Listener};
 use deadlines::IdleCheck;
 use drive::QUEUED;
 use shutdown::Shutdown;
+use udp::Udp;
 
 /// A TCP echo server that runs inside a host's `mio::Poll`.
 ///
@@ -111,6 +116,8 @@ pub struct EchoServer {
     // finished or went quiet, and are closed at the deadline.
     shutdown: Option<Shutdown>,
     over_limit_warned: bool,
+    // UDP sockets and their receive buffer (empty without UDP).
+    udp: Udp,
     stats: Stats,
 }
 
@@ -150,13 +157,15 @@ impl EchoServer {
             backoff: None,
             shutdown: None,
             over_limit_warned: false,
+            udp: Udp::default(),
             stats: Stats::default(),
         }
     }
 
-    /// Registers every listener not registered yet with `registry`.
+    /// Registers every listener and UDP socket not registered yet with
+    /// `registry`.
     ///
-    /// Work: one `epoll_ctl` per new listener.
+    /// Work: one `epoll_ctl` per new listener or UDP socket.
     ///
     /// # Errors
     /// The registry's error; listeners registered before it stay registered.
@@ -176,7 +185,7 @@ impl EchoServer {
                 listener.registered = true;
             }
         }
-        Ok(())
+        self.register_udp(registry)
     }
 
     /// True if `token` is in this server's range: route its events here.
@@ -192,7 +201,8 @@ impl EchoServer {
     /// Handles one event for a token this server owns; ignores others.
     ///
     /// A listener event accepts up to `accepts_per_turn` connections; a
-    /// connection event echoes up to `budget` bytes on that connection.
+    /// connection event echoes up to `budget` bytes on that connection; a
+    /// UDP socket's event echoes up to [`UDP_DATAGRAMS_PER_TURN`] datagrams.
     /// Events are hints: a stale one (for a connection already closed, even if
     /// its slab slot was reused since) is ignored at no cost.
     ///
@@ -232,6 +242,7 @@ impl EchoServer {
                     self.accept(registry, index, now)?;
                 }
             }
+            Some(Target::Udp(index)) => self.serve_udp(index),
             Some(Target::Connection { key, generation }) => match self.current(key, generation) {
                 Some(conn) => {
                     // No further edge will announce this FIN: remember it
@@ -254,7 +265,7 @@ impl EchoServer {
     /// How long the host may sleep before calling [`EchoServer::handle_timeout`].
     ///
     /// Zero while budgeted work is left over (a connection yielded, a listener
-    /// hit its accept limit); otherwise the earliest of the accept back-off,
+    /// hit its accept limit, a UDP socket its datagram budget); otherwise the earliest of the accept back-off,
     /// the next idle deadline and the shutdown deadline; `None` when nothing
     /// is due. Work: O(listeners).
     ///
@@ -268,7 +279,7 @@ impl EchoServer {
     pub fn poll_timeout(&self, now: Instant) -> Option<Duration> {
         let retry_now = self.backoff.as_ref().is_some_and(|b| b.retry_now);
         let accept_more = self.backoff.is_none() && self.listeners.iter().any(|l| l.more);
-        if !self.ready.is_empty() || retry_now || accept_more {
+        if !self.ready.is_empty() || retry_now || accept_more || self.udp_more() {
             return Some(Duration::ZERO);
         }
         let idle = self.idle_due();
@@ -291,10 +302,11 @@ impl EchoServer {
     }
 
     /// Does the work that is due at `now`: connections that yielded their
-    /// budget, accepts left over or backed off, idle closes and the shutdown
+    /// budget, UDP sockets that used theirs, accepts left over or backed off, idle closes and the shutdown
     /// deadline. Call it once per loop turn, after the events.
     ///
-    /// Work: one budget for each connection queued before the call, up to
+    /// Work: one budget for each connection queued before the call and each
+    /// UDP socket that used its budget, up to
     /// `accepts_per_turn` accepts per listener, up to 1024 idle closes, and
     /// at the shutdown deadline one close per remaining connection.
     ///
@@ -310,6 +322,7 @@ impl EchoServer {
                 self.drive(registry, key, now);
             }
         }
+        self.udp_due();
         self.accept_due(registry, now)?;
         self.close_idle(registry, now);
         let deadline = self.shutdown.as_ref().and_then(|s| s.deadline);

@@ -40,7 +40,8 @@ pub(super) struct Shutdown {
 }
 
 impl EchoServer {
-    /// Begins an orderly shutdown: stop accepting, and keep echoing until
+    /// Begins an orderly shutdown: stop accepting, close the UDP sockets
+    /// (datagrams have nothing to drain), and keep echoing until
     /// each client has everything back, for up to `shutdown_timeout`.
     /// Calling it again does nothing.
     ///
@@ -53,7 +54,7 @@ impl EchoServer {
     /// At the deadline, connections still open are closed, with a reset if
     /// bytes remain in either direction (see [`EchoServer::close_all`]).
     ///
-    /// Work: closes the listeners and queues every connection for the next
+    /// Work: closes the listeners and UDP sockets and queues every connection for the next
     /// [`EchoServer::handle_timeout`], O(connections).
     ///
     /// ```
@@ -94,6 +95,8 @@ impl EchoServer {
             }
             listener.more = false;
         }
+        // Datagrams have no connection to drain: stop reading UDP at once.
+        self.close_udp(registry);
         if let Some(backoff) = self.backoff.take() {
             self.stats.backed_off += now.saturating_duration_since(backoff.since);
         }
@@ -141,7 +144,8 @@ impl EchoServer {
     }
 
     /// True once shutdown has begun and every connection is closed: the host
-    /// may drop the server.
+    /// may drop the server. UDP sockets never hold it up (shutdown closed
+    /// them at once).
     pub fn is_finished(&self) -> bool {
         self.shutdown.is_some() && self.conns.is_empty()
     }

@@ -47,6 +47,31 @@ pub struct Stats {
     pub accept_yields: u64,
     /// Accept errors that concerned one incoming connection only.
     pub accept_errors: u64,
+    /// UDP datagrams received (every one: echoed, dropped, refused or
+    /// truncated, so `in = out + dropped + refused + truncated`).
+    pub udp_datagrams_in: u64,
+    /// UDP datagrams echoed (handed to the kernel).
+    pub udp_datagrams_out: u64,
+    /// Payload bytes of the UDP datagrams received (a truncated one counts
+    /// with its real length).
+    pub udp_bytes_in: u64,
+    /// Payload bytes of the UDP datagrams echoed.
+    pub udp_bytes_out: u64,
+    /// UDP replies dropped because the socket would not take them
+    /// (`WouldBlock`, `ENOBUFS`) or the send failed: never queued.
+    pub udp_dropped: u64,
+    /// UDP datagrams not answered because of their source port (0, a
+    /// reflecting service, or one of ours; see
+    /// [`refused_source_port`](crate::server::refused_source_port)).
+    pub udp_refused: u64,
+    /// UDP datagrams larger than the receive buffer: counted, never echoed.
+    pub udp_truncated: u64,
+    /// Errors receiving on a UDP socket (ICMP errors about earlier replies);
+    /// the socket keeps serving.
+    pub udp_errors: u64,
+    /// Times a UDP socket used its per-turn datagram budget and was
+    /// revisited next turn.
+    pub udp_yields: u64,
 }
 
 impl fmt::Display for Stats {
@@ -56,7 +81,9 @@ impl fmt::Display for Stats {
             "accepted={} rejected={} active={} closed_by_peer={} closed_by_error={} \
              closed_by_idle={} closed_by_shutdown={} closed_with_reset={} bytes_in={} bytes_out={} \
              backpressure_pauses={} accept_backoffs={} backed_off_ms={} budget_yields={} \
-             accept_yields={} accept_errors={}",
+             accept_yields={} accept_errors={} udp_datagrams_in={} udp_datagrams_out={} \
+             udp_bytes_in={} udp_bytes_out={} udp_dropped={} udp_refused={} udp_truncated={} \
+             udp_errors={} udp_yields={}",
             self.accepted,
             self.rejected,
             self.active,
@@ -73,6 +100,15 @@ impl fmt::Display for Stats {
             self.budget_yields,
             self.accept_yields,
             self.accept_errors,
+            self.udp_datagrams_in,
+            self.udp_datagrams_out,
+            self.udp_bytes_in,
+            self.udp_bytes_out,
+            self.udp_dropped,
+            self.udp_refused,
+            self.udp_truncated,
+            self.udp_errors,
+            self.udp_yields,
         )
     }
 }
