@@ -103,7 +103,8 @@ impl Server {
         Server::spawn(cmd, 1)
     }
 
-    /// Spawns `cmd` and waits for `listeners` lines `listening on IP:PORT`.
+    /// Spawns `cmd` and waits for `listeners` lines `listening on IP:PORT`
+    /// or `listening on udp IP:PORT`, in the order printed.
     pub fn spawn(mut cmd: Command, listeners: usize) -> Server {
         cmd.stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -137,8 +138,10 @@ impl Server {
                 .unwrap_or_else(|_| {
                     panic!("no 'listening on' line; stderr: {}", stderr.lock().unwrap())
                 });
+            // `listening on udp IP:PORT` lines (issue 12) follow the TCP ones.
             let addr = line
                 .strip_prefix("listening on ")
+                .map(|a| a.strip_prefix("udp ").unwrap_or(a))
                 .unwrap_or_else(|| panic!("unexpected stdout line {line:?}"));
             addrs.push(addr.parse().expect("listening address"));
         }

@@ -1,0 +1,420 @@
+//! Issue 12: UDP echo (RFC 862, the other half) in the same loop, safe to
+//! expose. Black-box over loopback, every socket with a read timeout, plus
+//! one in-process test with a counting allocator.
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::io::ErrorKind;
+use std::net::{SocketAddr, UdpSocket};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// How long a reply may take before the test fails (loopback, loaded machine).
+const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Starts echoloop with one TCP listener and the given `--udp` addresses;
+/// returns it and the bound UDP addresses.
+fn start_udp(udp: &[&str], extra: &[&str]) -> (Server, Vec<SocketAddr>) {
+    let mut cmd = Command::new(server_bin());
+    cmd.args(["--listen", "127.0.0.1:0"]).args(extra);
+    for addr in udp {
+        cmd.args(["--udp", addr]);
+    }
+    let server = Server::spawn(cmd, 1 + udp.len());
+    let udp_addrs = server.addrs[1..].to_vec();
+    (server, udp_addrs)
+}
+
+fn client_for(server: SocketAddr) -> UdpSocket {
+    let local = if server.is_ipv6() { "[::1]:0" } else { "127.0.0.1:0" };
+    let c = UdpSocket::bind(local).expect("bind client");
+    c.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
+    c
+}
+
+/// Sends `msg` and returns the one reply (asserting it came from `server`).
+fn round_trip(c: &UdpSocket, server: SocketAddr, msg: &[u8], buf: &mut [u8]) -> usize {
+    let sent = c.send_to(msg, server).expect("send datagram");
+    assert_eq!(sent, msg.len());
+    let (n, from) = c
+        .recv_from(buf)
+        .unwrap_or_else(|e| panic!("no echo of a {}-byte datagram: {e}", msg.len()));
+    assert_eq!(from, server, "reply from the wrong address");
+    n
+}
+
+/// The counters of the newest `stats:` line after a SIGUSR1.
+fn counters(server: &Server) -> String {
+    let before = server.stderr().matches("stats: ").count();
+    server.signal(libc::SIGUSR1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let log = server.stderr();
+        if log.matches("stats: ").count() > before {
+            return log.rsplit("stats: ").next().unwrap().lines().next().unwrap().to_string();
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    panic!("no stats line after SIGUSR1: {}", server.stderr());
+}
+
+fn field(line: &str, name: &str) -> u64 {
+    let key = format!("{name}=");
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&key))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+}
+
+/// Sizes to try up to `max`: every size to 2048, then a sweep with an odd
+/// step (so it crosses page and MTU-ish boundaries at different offsets),
+/// then the last three sizes.
+fn sizes(max: usize) -> Vec<usize> {
+    let mut v: Vec<usize> = (0..=2048).collect();
+    v.extend((2049..max).step_by(997));
+    v.extend([1472, 1473, 8192, 16384, 32768, 65000, max - 2, max - 1, max]);
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+fn check_sizes(server: SocketAddr, max: usize) -> usize {
+    let c = client_for(server);
+    let mut pattern = Pattern::new(max as u64);
+    let mut msg = vec![0u8; max];
+    let mut buf = vec![0u8; max + 1];
+    let sizes = sizes(max);
+    for &size in &sizes {
+        pattern.fill(&mut msg[..size]);
+        let n = round_trip(&c, server, &msg[..size], &mut buf);
+        assert_eq!(n, size, "a {size}-byte datagram came back as {n} bytes");
+        assert!(buf[..n] == msg[..size], "a {size}-byte datagram came back changed");
+    }
+    // One byte more than the protocol allows cannot even be sent.
+    let err = c.send_to(&vec![0u8; max + 1], server).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EMSGSIZE), "{err}");
+    sizes.len()
+}
+
+#[test]
+fn issue_12_every_size_up_to_the_maximum_comes_back_exact() {
+    // A 1-byte TCP read buffer: UDP must still receive whole datagrams.
+    let (server, udp) = start_udp(&["127.0.0.1:0", "[::1]:0"], &["--read-buffer", "1"]);
+    assert!(udp[0].is_ipv4() && udp[1].is_ipv6());
+    let v4 = check_sizes(udp[0], 65_507);
+    let v6 = check_sizes(udp[1], 65_527);
+    let line = counters(&server);
+    let echoed = (v4 + v6) as u64;
+    assert_eq!(field(&line, "udp_datagrams_in"), echoed, "{line}");
+    assert_eq!(field(&line, "udp_datagrams_out"), echoed, "{line}");
+    assert_eq!(field(&line, "udp_bytes_in"), field(&line, "udp_bytes_out"));
+    for name in ["udp_truncated", "udp_dropped", "udp_refused", "udp_errors"] {
+        assert_eq!(field(&line, name), 0, "{line}");
+    }
+    // TCP is untouched by all that.
+    let mut tcp = connect(server.addr());
+    ping(&mut tcp, b"tcp still echoes");
+}
+
+#[test]
+fn issue_12_many_clients_at_once_each_get_only_their_own_datagrams() {
+    let (server, udp) = start_udp(&["127.0.0.1:0"], &[]);
+    let addr = udp[0];
+    const CLIENTS: u32 = 32;
+    const ROUNDS: u32 = 100;
+    let workers: Vec<_> = (0..CLIENTS)
+        .map(|id| {
+            thread::spawn(move || {
+                let c = client_for(addr);
+                let mut buf = [0u8; 256];
+                for seq in 0..ROUNDS {
+                    // Its own id and sequence, then a size that varies per client.
+                    let len = 8 + ((id * 7 + seq) % 200) as usize;
+                    let mut msg = vec![(id as u8).wrapping_mul(31); len];
+                    msg[..4].copy_from_slice(&id.to_be_bytes());
+                    msg[4..8].copy_from_slice(&seq.to_be_bytes());
+                    let n = round_trip(&c, addr, &msg, &mut buf);
+                    assert_eq!(&buf[..n], &msg[..], "client {id} round {seq} got another's datagram");
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("client thread");
+    }
+    let line = counters(&server);
+    assert_eq!(field(&line, "udp_datagrams_out"), (CLIENTS * ROUNDS) as u64);
+}
+
+#[test]
+fn issue_12_datagrams_from_protected_source_ports_get_no_answer_and_are_counted() {
+    let (server, udp) = start_udp(&["127.0.0.1:0"], &[]);
+    let addr = udp[0];
+    let mut protected = Vec::new();
+    for port in [7u16, 9, 13, 17, 19, 37, 53, 123, 1900, 11211] {
+        match UdpSocket::bind(("127.0.0.1", port)) {
+            Ok(s) => protected.push((port, s)),
+            Err(e) => println!("skipping source port {port}: cannot bind it here: {e}"),
+        }
+    }
+    if protected.is_empty() {
+        println!("skipped: no protected source port could be bound (not root?)");
+        return;
+    }
+    for (_, s) in &protected {
+        s.send_to(b"loop me", addr).unwrap();
+    }
+    // An ordinary client's echo, sent after them, proves they were handled.
+    let ordinary = client_for(addr);
+    let mut buf = [0u8; 64];
+    assert_eq!(round_trip(&ordinary, addr, b"marker", &mut buf), 6);
+    for (port, s) in &protected {
+        s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        match s.recv_from(&mut buf) {
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            other => panic!("source port {port} was answered: {other:?}"),
+        }
+    }
+    let line = counters(&server);
+    assert_eq!(field(&line, "udp_refused"), protected.len() as u64, "{line}");
+    assert_eq!(field(&line, "udp_datagrams_out"), 1, "{line}");
+    assert_eq!(field(&line, "udp_datagrams_in"), protected.len() as u64 + 1, "{line}");
+}
+
+#[test]
+fn issue_12_a_udp_flood_does_not_stop_tcp_echoes_nor_a_tcp_stream_udp_echoes() {
+    let (server, udp) = start_udp(&["127.0.0.1:0"], &[]);
+    let addr = udp[0];
+    let stop = Arc::new(AtomicBool::new(false));
+    // Four flooders that never read their echoes, bounded in count and time.
+    let flooders: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            thread::spawn(move || {
+                let c = client_for(addr);
+                let msg = [0x5a; 64];
+                let give_up = Instant::now() + Duration::from_secs(30);
+                let mut sent = 0u64;
+                while !stop.load(Ordering::Relaxed) && sent < 2_000_000 && Instant::now() < give_up
+                {
+                    if c.send_to(&msg, addr).is_ok() {
+                        sent += 1;
+                    }
+                }
+                sent
+            })
+        })
+        .collect();
+    // Let the flood get going, then ping over TCP through it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while field(&counters(&server), "udp_datagrams_in") < 1000 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(10));
+    }
+    let mut tcp = connect(server.addr());
+    for i in 0..300u32 {
+        ping(&mut tcp, format!("ping {i} through a udp flood").as_bytes());
+    }
+    let during = counters(&server);
+    stop.store(true, Ordering::Relaxed);
+    let sent: u64 = flooders.into_iter().map(|f| f.join().unwrap()).sum();
+    assert!(sent > 0);
+    assert!(field(&during, "udp_datagrams_in") >= 1000, "no flood: {during}");
+
+    // The reverse: a TCP stream larger than the socket buffers does not
+    // stop UDP echoes.
+    let streamer = {
+        let addr = server.addr();
+        thread::spawn(move || echo_verified(connect(addr), 12, 64 << 20, &[65536]))
+    };
+    // UDP may lose a datagram while the flood's backlog is still being
+    // drained (the kernel drops it at a full queue), so each ping is sent
+    // again after 500 ms, up to 10 times; older echoes are skipped by
+    // sequence number.
+    let c = client_for(addr);
+    c.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let mut buf = [0u8; 64];
+    for i in 0..200u32 {
+        let mut answered = false;
+        for _ in 0..10 {
+            c.send_to(&i.to_be_bytes(), addr).unwrap();
+            while let Ok((n, from)) = c.recv_from(&mut buf) {
+                assert_eq!((n, from), (4, addr));
+                let seq = u32::from_be_bytes(buf[..4].try_into().unwrap());
+                assert!(seq <= i, "an echo of something never sent: {seq}");
+                if seq == i {
+                    answered = true;
+                    break;
+                }
+            }
+            if answered {
+                break;
+            }
+        }
+        assert!(answered, "ping {i} unanswered 10 times during a TCP stream");
+    }
+    assert_eq!(streamer.join().unwrap(), 64 << 20);
+}
+
+#[test]
+fn issue_12_a_udp_port_in_use_is_one_error_line_and_nothing_printed() {
+    for taken in ["127.0.0.1:0", "[::1]:0"] {
+        let taken = UdpSocket::bind(taken).unwrap();
+        let addr = taken.local_addr().unwrap();
+        let out = Command::new(server_bin())
+            .args(["--listen", "127.0.0.1:0", "--udp", &addr.to_string()])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        assert!(out.stdout.is_empty(), "printed {:?}", String::from_utf8_lossy(&out.stdout));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
+        assert_eq!(
+            errors,
+            [format!("echoloop: error: cannot listen on udp {addr}: Address already in use (os error 98)")],
+            "stderr: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn issue_12_bad_udp_values_are_usage_errors() {
+    for bad in ["nonsense", "127.0.0.1", "127.0.0.1:99999", "localhost:7", ""] {
+        let out = Command::new(server_bin())
+            .args(["--listen", "127.0.0.1:0", "--udp", bad])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "--udp {bad:?}: {stderr}");
+        assert!(out.stdout.is_empty());
+        assert!(stderr.contains("--udp"), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    let out = Command::new(server_bin()).arg("--udp").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn issue_12_shutdown_with_udp_exits_0_promptly_and_stops_answering() {
+    let (mut server, udp) = start_udp(&["127.0.0.1:0", "[::1]:0"], &["--shutdown-timeout", "30"]);
+    let c = client_for(udp[0]);
+    let mut buf = [0u8; 16];
+    for _ in 0..10 {
+        round_trip(&c, udp[0], b"before", &mut buf);
+    }
+    let started = Instant::now();
+    server.signal(libc::SIGTERM);
+    let status = server
+        .wait_for_exit(Duration::from_secs(10))
+        .expect("server exits after SIGTERM");
+    assert_eq!(status.code(), Some(0));
+    // Not held up by the UDP sockets, nor by the 30 s shutdown timeout.
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let log = server.stderr();
+    let summary = log.rsplit("shutdown complete: ").next().unwrap();
+    assert_eq!(field(summary, "udp_datagrams_in"), 10, "{log}");
+    assert_eq!(field(summary, "udp_datagrams_out"), 10, "{log}");
+    assert_eq!(field(summary, "udp_bytes_out"), 60, "{log}");
+    // The port is closed: nothing answers any more.
+    c.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let _ = c.send_to(b"after", udp[0]);
+    assert!(c.recv_from(&mut buf).is_err(), "answered after shutdown");
+}
+
+// ---------------------------------------------------------------------
+// No allocation per datagram: a counting allocator that counts only on
+// threads that opted in, into a per-thread counter (so other tests in this
+// binary, running in parallel, do not disturb it).
+
+struct Counting;
+
+thread_local! {
+    static TRACKED: Cell<bool> = const { Cell::new(false) };
+    static COUNT: Cell<u64> = const { Cell::new(0) };
+}
+
+fn note_allocation() {
+    if TRACKED.with(Cell::get) {
+        COUNT.with(|c| c.set(c.get() + 1));
+    }
+}
+
+// SAFETY: defers to the system allocator; only adds a counter.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note_allocation();
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as ours.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note_allocation();
+        // SAFETY: same contract as ours.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[test]
+fn issue_12_no_allocation_per_datagram_in_the_steady_state() {
+    let mut poll = mio::Poll::new().unwrap();
+    let mut server = echoloop::EchoServer::new(echoloop::Config::default(), mio::Token(0));
+    let addr = server.bind_udp("127.0.0.1:0".parse().unwrap()).unwrap();
+    server.register(poll.registry()).unwrap();
+    // 0: warming up, 1: measuring, 2: stop.
+    let phase = Arc::new(AtomicU8::new(0));
+    let host_phase = phase.clone();
+    let host = thread::spawn(move || {
+        let mut events = mio::Events::with_capacity(256);
+        TRACKED.with(|t| t.set(true));
+        drop(std::hint::black_box(Box::new([0u8; 32])));
+        let probed = COUNT.with(Cell::get);
+        let mut at_mark = None;
+        let give_up = Instant::now() + Duration::from_secs(60);
+        while host_phase.load(Ordering::Relaxed) < 2 && Instant::now() < give_up {
+            if at_mark.is_none() && host_phase.load(Ordering::Relaxed) == 1 {
+                at_mark = Some(COUNT.with(Cell::get));
+            }
+            host_turn(&mut server, &mut poll, &mut events, Duration::from_millis(10));
+        }
+        let during = COUNT.with(Cell::get) - at_mark.unwrap_or(u64::MAX);
+        TRACKED.with(|t| t.set(false));
+        (probed, during, server.stats())
+    });
+    let clients: Vec<UdpSocket> = (0..8).map(|_| client_for(addr)).collect();
+    let mut buf = vec![0u8; 65_536];
+    let msgs: Vec<Vec<u8>> = [0usize, 1, 64, 1500, 65_507]
+        .iter()
+        .map(|&n| vec![0xa5; n])
+        .collect();
+    let mut exchange = |rounds: usize| {
+        for r in 0..rounds {
+            for c in &clients {
+                let msg = &msgs[r % msgs.len()];
+                assert_eq!(round_trip(c, addr, msg, &mut buf), msg.len());
+            }
+        }
+    };
+    exchange(50);
+    phase.store(1, Ordering::Relaxed);
+    thread::sleep(Duration::from_millis(50));
+    exchange(500);
+    phase.store(2, Ordering::Relaxed);
+    let (probed, during, stats) = host.join().unwrap();
+    assert!(probed > 0, "the counting allocator saw nothing");
+    assert_eq!(stats.udp_datagrams_out, 550 * 8);
+    assert_eq!(during, 0, "allocations while echoing 4,000 datagrams");
+}
