@@ -33,7 +33,11 @@ fn start_udp(udp: &[&str], extra: &[&str]) -> (Server, Vec<SocketAddr>) {
 }
 
 fn client_for(server: SocketAddr) -> UdpSocket {
-    let local = if server.is_ipv6() { "[::1]:0" } else { "127.0.0.1:0" };
+    let local = if server.is_ipv6() {
+        "[::1]:0"
+    } else {
+        "127.0.0.1:0"
+    };
     let c = UdpSocket::bind(local).expect("bind client");
     c.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
     c
@@ -58,7 +62,14 @@ fn counters(server: &Server) -> String {
     while Instant::now() < deadline {
         let log = server.stderr();
         if log.matches("stats: ").count() > before {
-            return log.rsplit("stats: ").next().unwrap().lines().next().unwrap().to_string();
+            return log
+                .rsplit("stats: ")
+                .next()
+                .unwrap()
+                .lines()
+                .next()
+                .unwrap()
+                .to_string();
         }
         thread::sleep(Duration::from_millis(20));
     }
@@ -95,7 +106,10 @@ fn check_sizes(server: SocketAddr, max: usize) -> usize {
         pattern.fill(&mut msg[..size]);
         let n = round_trip(&c, server, &msg[..size], &mut buf);
         assert_eq!(n, size, "a {size}-byte datagram came back as {n} bytes");
-        assert!(buf[..n] == msg[..size], "a {size}-byte datagram came back changed");
+        assert!(
+            buf[..n] == msg[..size],
+            "a {size}-byte datagram came back changed"
+        );
     }
     // One byte more than the protocol allows cannot even be sent.
     let err = c.send_to(&vec![0u8; max + 1], server).unwrap_err();
@@ -141,7 +155,11 @@ fn issue_12_many_clients_at_once_each_get_only_their_own_datagrams() {
                     msg[..4].copy_from_slice(&id.to_be_bytes());
                     msg[4..8].copy_from_slice(&seq.to_be_bytes());
                     let n = round_trip(&c, addr, &msg, &mut buf);
-                    assert_eq!(&buf[..n], &msg[..], "client {id} round {seq} got another's datagram");
+                    assert_eq!(
+                        &buf[..n],
+                        &msg[..],
+                        "client {id} round {seq} got another's datagram"
+                    );
                 }
             })
         })
@@ -176,16 +194,25 @@ fn issue_12_datagrams_from_protected_source_ports_get_no_answer_and_are_counted(
     let mut buf = [0u8; 64];
     assert_eq!(round_trip(&ordinary, addr, b"marker", &mut buf), 6);
     for (port, s) in &protected {
-        s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
         match s.recv_from(&mut buf) {
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
             other => panic!("source port {port} was answered: {other:?}"),
         }
     }
     let line = counters(&server);
-    assert_eq!(field(&line, "udp_refused"), protected.len() as u64, "{line}");
+    assert_eq!(
+        field(&line, "udp_refused"),
+        protected.len() as u64,
+        "{line}"
+    );
     assert_eq!(field(&line, "udp_datagrams_out"), 1, "{line}");
-    assert_eq!(field(&line, "udp_datagrams_in"), protected.len() as u64 + 1, "{line}");
+    assert_eq!(
+        field(&line, "udp_datagrams_in"),
+        protected.len() as u64 + 1,
+        "{line}"
+    );
 }
 
 #[test]
@@ -225,7 +252,10 @@ fn issue_12_a_udp_flood_does_not_stop_tcp_echoes_nor_a_tcp_stream_udp_echoes() {
     stop.store(true, Ordering::Relaxed);
     let sent: u64 = flooders.into_iter().map(|f| f.join().unwrap()).sum();
     assert!(sent > 0);
-    assert!(field(&during, "udp_datagrams_in") >= 1000, "no flood: {during}");
+    assert!(
+        field(&during, "udp_datagrams_in") >= 1000,
+        "no flood: {during}"
+    );
 
     // The reverse: a TCP stream larger than the socket buffers does not
     // stop UDP echoes.
@@ -238,7 +268,8 @@ fn issue_12_a_udp_flood_does_not_stop_tcp_echoes_nor_a_tcp_stream_udp_echoes() {
     // again after 500 ms, up to 10 times; older echoes are skipped by
     // sequence number.
     let c = client_for(addr);
-    c.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    c.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
     let mut buf = [0u8; 64];
     for i in 0..200u32 {
         let mut answered = false;
@@ -272,7 +303,11 @@ fn issue_12_a_udp_port_in_use_is_one_error_line_and_nothing_printed() {
             .output()
             .unwrap();
         assert_eq!(out.status.code(), Some(1));
-        assert!(out.stdout.is_empty(), "printed {:?}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            out.stdout.is_empty(),
+            "printed {:?}",
+            String::from_utf8_lossy(&out.stdout)
+        );
         let stderr = String::from_utf8_lossy(&out.stderr);
         let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
         assert_eq!(
@@ -285,7 +320,13 @@ fn issue_12_a_udp_port_in_use_is_one_error_line_and_nothing_printed() {
 
 #[test]
 fn issue_12_bad_udp_values_are_usage_errors() {
-    for bad in ["nonsense", "127.0.0.1", "127.0.0.1:99999", "localhost:7", ""] {
+    for bad in [
+        "nonsense",
+        "127.0.0.1",
+        "127.0.0.1:99999",
+        "localhost:7",
+        "",
+    ] {
         let out = Command::new(server_bin())
             .args(["--listen", "127.0.0.1:0", "--udp", bad])
             .output()
@@ -322,7 +363,8 @@ fn issue_12_shutdown_with_udp_exits_0_promptly_and_stops_answering() {
     assert_eq!(field(summary, "udp_datagrams_out"), 10, "{log}");
     assert_eq!(field(summary, "udp_bytes_out"), 60, "{log}");
     // The port is closed: nothing answers any more.
-    c.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    c.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
     let _ = c.send_to(b"after", udp[0]);
     assert!(c.recv_from(&mut buf).is_err(), "answered after shutdown");
 }
@@ -388,7 +430,12 @@ fn issue_12_no_allocation_per_datagram_in_the_steady_state() {
             if at_mark.is_none() && host_phase.load(Ordering::Relaxed) == 1 {
                 at_mark = Some(COUNT.with(Cell::get));
             }
-            host_turn(&mut server, &mut poll, &mut events, Duration::from_millis(10));
+            host_turn(
+                &mut server,
+                &mut poll,
+                &mut events,
+                Duration::from_millis(10),
+            );
         }
         let during = COUNT.with(Cell::get) - at_mark.unwrap_or(u64::MAX);
         TRACKED.with(|t| t.set(false));
@@ -417,4 +464,149 @@ fn issue_12_no_allocation_per_datagram_in_the_steady_state() {
     assert!(probed > 0, "the counting allocator saw nothing");
     assert_eq!(stats.udp_datagrams_out, 550 * 8);
     assert_eq!(during, 0, "allocations while echoing 4,000 datagrams");
+}
+
+// ---------------------------------------------------------------------
+// The load generator's `udp` mode.
+
+/// The load generator's binary with `args`: its exit code and JSON line.
+fn loadgen_json(args: &[&str]) -> (i32, String) {
+    let out = Command::new(loadgen_bin())
+        .args(args)
+        .arg("--json")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run the load generator");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let json = stdout
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or("")
+        .to_string();
+    (out.status.code().expect("exit code"), json)
+}
+
+fn json_number(json: &str, name: &str) -> u64 {
+    let key = format!("\"{name}\":");
+    let at = json
+        .find(&key)
+        .unwrap_or_else(|| panic!("{name} in {json:?}"))
+        + key.len();
+    json[at..]
+        .split([',', '}'])
+        .next()
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("{name} in {json}")) as u64
+}
+
+#[test]
+fn issue_12_loadgen_udp_runs_clean_against_echoloop_and_the_tokio_peer() {
+    let (_server, udp) = start_udp(&["127.0.0.1:0", "[::1]:0"], &[]);
+    let mut tokio = Command::new(loadgen_bin());
+    tokio.args(["tokio-udp-echo", "--listen", "127.0.0.1:0"]);
+    let tokio = Server::spawn(tokio, 1);
+    let targets = [
+        udp[0].to_string(),
+        udp[1].to_string(),
+        tokio.addr().to_string(),
+    ];
+    for (addr, conns, size) in [
+        (&targets[0], "20", "64"),
+        (&targets[0], "2", "0"),
+        (&targets[0], "2", "65507"),
+        (&targets[1], "4", "65527"),
+        (&targets[2], "20", "64"),
+    ] {
+        let args = [
+            "udp",
+            "--addr",
+            addr,
+            "-c",
+            conns,
+            "-s",
+            size,
+            "--duration",
+            "0.4",
+            "--warmup",
+            "0.1",
+        ];
+        let (code, json) = loadgen_json(&args);
+        assert_eq!(code, 0, "loadgen {args:?}: {json}");
+        assert_eq!(json_number(&json, "mismatches"), 0, "{json}");
+        assert_eq!(json_number(&json, "errors"), 0, "{json}");
+        assert!(json_number(&json, "msgs") > 0, "{json}");
+        assert!(
+            json_number(&json, "sent") >= json_number(&json, "lost"),
+            "{json}"
+        );
+    }
+}
+
+/// A UDP echo peer on a thread that damages its replies: `corrupt` flips a
+/// byte in every 50th datagram; otherwise every 50th reply goes to the
+/// previous datagram's sender instead.
+fn bad_udp_peer(corrupt: bool) -> SocketAddr {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = socket.local_addr().unwrap();
+    thread::spawn(move || {
+        let mut buf = vec![0u8; 65_536];
+        let mut previous = None;
+        for i in 1u64.. {
+            let Ok((n, from)) = socket.recv_from(&mut buf) else {
+                return;
+            };
+            let mut to = from;
+            if i % 50 == 0 {
+                if corrupt {
+                    buf[n / 2] ^= 0x5a;
+                } else if let Some(p) = previous.filter(|p| *p != from) {
+                    to = p;
+                }
+            }
+            previous = Some(from);
+            let _ = socket.send_to(&buf[..n], to);
+        }
+    });
+    addr
+}
+
+#[test]
+fn issue_12_loadgen_udp_catches_a_corrupting_or_misdelivering_peer() {
+    for corrupt in [true, false] {
+        let addr = bad_udp_peer(corrupt).to_string();
+        let args = [
+            "udp",
+            "--addr",
+            &addr,
+            "-c",
+            "8",
+            "-s",
+            "64",
+            "--duration",
+            "0.4",
+            "--warmup",
+            "0",
+        ];
+        let (code, json) = loadgen_json(&args);
+        assert_eq!(code, 1, "corrupt={corrupt}: {json}");
+        assert!(json_number(&json, "mismatches") > 0, "{json}");
+    }
+    // Nobody there: nothing echoed is an error, not a clean run.
+    let gone = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let (code, _) = loadgen_json(&[
+        "udp",
+        "--addr",
+        &gone,
+        "-c",
+        "1",
+        "--duration",
+        "0.2",
+        "--timeout",
+        "50",
+    ]);
+    assert_eq!(code, 1);
 }

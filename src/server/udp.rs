@@ -362,9 +362,15 @@ mod tests {
         }
         std::thread::sleep(Duration::from_millis(50));
         server.serve_udp(0);
-        assert_eq!(server.stats().udp_datagrams_out, UDP_DATAGRAMS_PER_TURN as u64);
+        assert_eq!(
+            server.stats().udp_datagrams_out,
+            UDP_DATAGRAMS_PER_TURN as u64
+        );
         assert!(server.udp_more(), "budget used: revisit next turn");
-        assert_eq!(server.poll_timeout(std::time::Instant::now()), Some(Duration::ZERO));
+        assert_eq!(
+            server.poll_timeout(std::time::Instant::now()),
+            Some(Duration::ZERO)
+        );
         server.udp_due();
         server.udp_due();
         assert!(!server.udp_more(), "drained");

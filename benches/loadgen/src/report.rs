@@ -37,6 +37,12 @@ pub struct Report {
     pub close: Close,
     /// Under `--close fin`: closes that ended in a reset or timed out.
     pub unclean_closes: u64,
+    /// `udp` mode: datagrams sent during the measured window (0 otherwise).
+    pub sent: u64,
+    /// `udp` mode: datagrams not echoed within `--timeout` (0 otherwise).
+    pub lost: u64,
+    /// `udp` mode: echoes that arrived after their datagram was counted lost.
+    pub late: u64,
 }
 
 impl Report {
@@ -54,7 +60,7 @@ impl Report {
             "{{\"mode\":\"{}\",\"conns\":{},\"active\":{},\"size\":{},\"depth\":{},\"seconds\":{:.3},\
              \"msgs\":{},\"bytes\":{},\"msgs_per_sec\":{:.1},\"mb_per_sec\":{:.2},\"p50_us\":{},\
              \"p99_us\":{},\"p999_us\":{},\"max_us\":{},\"latency_samples\":{},\"errors\":{},\
-             \"mismatches\":{},\"held\":{},\"total_msgs\":{},\"close\":\"{}\",\"unclean_closes\":{}}}",
+             \"mismatches\":{},\"held\":{},\"total_msgs\":{},\"close\":\"{}\",\"unclean_closes\":{},\"sent\":{},\"lost\":{},\"late\":{}}}",
             self.mode,
             self.conns,
             self.active,
@@ -75,7 +81,10 @@ impl Report {
             self.held,
             self.total_msgs,
             self.close.name(),
-            self.unclean_closes
+            self.unclean_closes,
+            self.sent,
+            self.lost,
+            self.late
         )
     }
 
@@ -87,6 +96,7 @@ impl Report {
                 self.conns, self.size, self.depth
             ),
             "churn" => format!("parallel {} size {}", self.conns, self.size),
+            "udp" => format!("sockets {} size {}", self.conns, self.size),
             "hold" => format!(
                 "conns {} active {} size {}",
                 self.conns, self.active, self.size
@@ -102,6 +112,10 @@ impl Report {
             )
         };
         let close = match self.close {
+            _ if self.mode == "udp" => format!(
+                "sent {}, echoed {}, lost {} ({} echoed late)",
+                self.sent, self.msgs, self.lost, self.late
+            ),
             Close::Fin => format!("closed with fin, {} unclean", self.unclean_closes),
             Close::Reset => "closed with reset".to_string(),
         };

@@ -1,12 +1,13 @@
 //! The peer users would pick instead of echoloop: a tokio `current_thread`
 //! echo server, one task per connection with a 4 KiB buffer each, written
-//! the way tokio's own echo example is.
+//! the way tokio's own echo example is; and for UDP, one `UdpSocket` loop
+//! on `current_thread` (receive, send back).
 
 use std::io::Write;
 use std::net::SocketAddr;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UdpSocket};
 
 /// Binds `addr`, prints `listening on IP:PORT` on stdout (flushed) and
 /// serves forever: `loadgen tokio-echo --listen ADDR`.
@@ -46,6 +47,34 @@ pub fn serve(addr: SocketAddr) -> std::io::Result<()> {
                     }
                 }
             });
+        }
+    })
+}
+
+/// Binds a UDP socket to `addr`, prints `listening on udp IP:PORT` on
+/// stdout (flushed) and echoes every datagram to its sender forever:
+/// `loadgen tokio-udp-echo --listen ADDR`. The buffer holds any datagram.
+///
+/// # Errors
+/// Creating the runtime, binding or writing the line failed.
+pub fn serve_udp(addr: SocketAddr) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    runtime.block_on(async move {
+        let socket = UdpSocket::bind(addr).await?;
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "listening on udp {}", socket.local_addr()?)?;
+        stdout.flush()?;
+        drop(stdout);
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            let (n, from) = match socket.recv_from(&mut buf).await {
+                Ok(got) => got,
+                // An ICMP error about an earlier reply: keep serving.
+                Err(_) => continue,
+            };
+            let _ = socket.send_to(&buf[..n], from).await;
         }
     })
 }
