@@ -54,6 +54,8 @@ struct Cell {
     hold: bool,
     /// Count server syscalls per message.
     syscalls: bool,
+    /// UDP echo: the servers get a UDP socket and the load its address.
+    udp: bool,
 }
 
 fn cells() -> Vec<Cell> {
@@ -63,8 +65,9 @@ fn cells() -> Vec<Cell> {
         chart_conns,
         hold,
         syscalls,
+        udp: false,
     };
-    vec![
+    let mut cells = vec![
         cell(
             "pingpong 64B x1",
             &["pingpong", "-c", "1", "-s", "64"],
@@ -123,7 +126,20 @@ fn cells() -> Vec<Cell> {
             true,
             false,
         ),
-    ]
+    ];
+    // UDP echo (issue 12): 100 sockets, one 64 B datagram in flight each,
+    // against the tokio peer's `UdpSocket` loop on current_thread.
+    cells.push(Cell {
+        udp: true,
+        ..cell(
+            "udp 64B x100",
+            &["udp", "-c", "100", "-s", "64"],
+            None,
+            false,
+            false,
+        )
+    });
+    cells
 }
 
 /// One measurement's numbers.
@@ -296,17 +312,22 @@ struct Server {
 }
 
 impl Server {
-    fn start(peer: Peer) -> Server {
+    /// Starts `peer`; with `udp`, serving UDP echo, and `addr` is the UDP one.
+    fn start(peer: Peer, udp: bool) -> Server {
         let mut cmd = match peer {
             Peer::Echoloop => {
                 let mut cmd = pinned(env!("CARGO_BIN_EXE_echoloop"), SERVER_CORE);
                 cmd.args(["--listen", "127.0.0.1:0"])
                     .env("RUST_LOG", "warn");
+                if udp {
+                    cmd.args(["--udp", "127.0.0.1:0"]);
+                }
                 cmd
             }
             Peer::Tokio => {
                 let mut cmd = pinned(std::env::current_exe().expect("own path"), SERVER_CORE);
-                cmd.args(["loadgen", "tokio-echo", "--listen", "127.0.0.1:0"]);
+                let mode = if udp { "tokio-udp-echo" } else { "tokio-echo" };
+                cmd.args(["loadgen", mode, "--listen", "127.0.0.1:0"]);
                 cmd
             }
         };
@@ -316,12 +337,22 @@ impl Server {
             .spawn()
             .expect("start server");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("read listening line");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let prefix = if udp {
+            "listening on udp "
+        } else {
+            "listening on "
+        };
+        // echoloop prints its TCP line before the UDP one.
+        while !line.starts_with(prefix) {
+            line.clear();
+            if stdout.read_line(&mut line).expect("read listening line") == 0 {
+                panic!("{} printed no {prefix:?} line", peer.name());
+            }
+        }
         let addr = line
             .trim()
-            .strip_prefix("listening on ")
+            .strip_prefix(prefix)
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("{} printed {line:?}", peer.name()));
         Server { child, addr }
@@ -368,7 +399,7 @@ impl Drop for Server {
 }
 
 fn measure(cell: &Cell, peer: Peer, have_perf: bool, duration: f64) -> Sample {
-    let server = Server::start(peer);
+    let server = Server::start(peer, cell.udp);
     std::thread::sleep(Duration::from_millis(100));
     let rss_empty = server.rss();
     let count = cell.syscalls && have_perf;

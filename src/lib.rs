@@ -63,7 +63,7 @@
 //! accepts (and backs off when descriptors run out), `drive.rs` runs one
 //! connection's turn around [`Connection::drive`] and is the one place that
 //! closes, `deadlines.rs` keeps the idle deadlines, `shutdown.rs` the orderly
-//! shutdown, and `stats.rs` the counters.
+//! shutdown, `udp.rs` the UDP echo, and `stats.rs` the counters.
 //!
 //! # Rules of readiness I/O this crate follows
 //!
@@ -89,9 +89,21 @@
 //!
 //! # What it deliberately does not do
 //!
-//! No threads, no async runtime, no TLS, no UDP echo, no protocol beyond
+//! No threads, no async runtime, no TLS, no protocol beyond
 //! bytes-in-bytes-out, no configuration files. Scaling over cores is left to
-//! running several processes (with `SO_REUSEPORT` on an adopted listener).
+//! running several processes (with `SO_REUSEPORT` on an adopted listener
+//! or UDP socket, see [`EchoServer::adopt`] and [`EchoServer::adopt_udp`]).
+//!
+//! # UDP echo
+//!
+//! The other half of RFC 862: [`EchoServer::bind_udp`] (or
+//! [`EchoServer::adopt_udp`]) adds a UDP socket to the same loop, under the
+//! same token range. Each datagram goes back to its sender as one datagram,
+//! byte for byte (0 to 65,507 bytes over IPv4, 65,527 over IPv6), at most
+//! [`server::UDP_DATAGRAMS_PER_TURN`] per socket per turn; a reply the
+//! socket will not take is dropped and counted, never queued; datagrams
+//! from source port 0, from our own ports, or from the ports of services
+//! that answer or amplify ([`server::refused_source_port`]) are refused.
 #![deny(missing_docs)]
 
 pub mod config;

@@ -182,6 +182,12 @@ fn issue_12_datagrams_from_protected_source_ports_get_no_answer_and_are_counted(
             Err(e) => println!("skipping source port {port}: cannot bind it here: {e}"),
         }
     }
+    // Our own port on another loopback address: our reply coming back, or
+    // another echo server on the same port.
+    match UdpSocket::bind(("127.0.0.2", addr.port())) {
+        Ok(s) => protected.push((addr.port(), s)),
+        Err(e) => println!("skipping our own port from 127.0.0.2: {e}"),
+    }
     if protected.is_empty() {
         println!("skipped: no protected source port could be bound (not root?)");
         return;

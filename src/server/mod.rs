@@ -58,9 +58,12 @@ use drive::QUEUED;
 use shutdown::Shutdown;
 use udp::Udp;
 
-/// A TCP echo server that runs inside a host's `mio::Poll`.
+/// A TCP echo server that runs inside a host's `mio::Poll`, and a UDP one
+/// for each socket given to [`EchoServer::bind_udp`] or
+/// [`EchoServer::adopt_udp`].
 ///
-/// It owns its listeners and connections, never a `Poll`, `Waker` or thread.
+/// It owns its listeners, UDP sockets and connections, never a `Poll`,
+/// `Waker` or thread.
 /// It uses only tokens in `base .. base + TOKEN_SPAN` (see
 /// [`EchoServer::owns`]). Each method does a bounded amount of work, stated
 /// on the method. A connection's failure is handled inside; only a
