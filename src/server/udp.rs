@@ -21,12 +21,18 @@
 //!   ([`refused_source_port`]).
 //! * Shutdown closes the UDP sockets at once (`close_udp`, from
 //!   `begin_shutdown`).
+//!
+//! One `recvfrom` and one `sendto` per datagram, on purpose: batching them
+//! with `recvmmsg`/`sendmmsg` (16 per call) was measured and bought nothing
+//! (server CPU 3.87 against 3.92 µs per datagram at 64 B × 100 sockets,
+//! within noise): the kernel's UDP path and, on loopback, the delivery to
+//! the peer dominate, not the syscall entry.
 
 use std::io::{self, ErrorKind};
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 
-use log::{debug, trace};
+use log::{debug, trace, warn};
 use mio::net::UdpSocket;
 use mio::{Interest, Registry};
 use socket2::SockRef;
@@ -68,6 +74,9 @@ pub(super) struct Endpoint {
 pub(super) struct Udp {
     endpoints: Vec<Endpoint>,
     buf: Vec<u8>,
+    // The first refused datagram is logged at warn (a loop or reflection
+    // attempt is worth knowing about); the rest only counted.
+    refused_warned: bool,
 }
 
 /// True if a datagram from `port` must not be answered. An echo server that
@@ -220,7 +229,11 @@ impl EchoServer {
     /// Echoes up to [`UDP_DATAGRAMS_PER_TURN`] datagrams on one socket.
     /// Work: at most that many `recvfrom` and `sendto` calls.
     pub(super) fn serve_udp(&mut self, index: usize) {
-        let Udp { endpoints, buf } = &mut self.udp;
+        let Udp {
+            endpoints,
+            buf,
+            refused_warned,
+        } = &mut self.udp;
         let Some(socket) = endpoints.get(index).and_then(|e| e.socket.as_ref()) else {
             return;
         };
@@ -259,6 +272,15 @@ impl EchoServer {
             }
             let port = from.as_socket().map_or(0, |a| a.port());
             if refused_source_port(port) || endpoints.iter().any(|e| e.addr.port() == port) {
+                if !*refused_warned {
+                    *refused_warned = true;
+                    warn!(
+                        "udp {index}: not answering a datagram from {} (source port {port} \
+                         could start a reflection loop); further ones are only counted",
+                        from.as_socket()
+                            .map_or_else(|| "?".to_string(), |a| a.to_string())
+                    );
+                }
                 trace!("udp {index}: datagram from port {port} refused");
                 stats.udp_refused += 1;
                 continue;
