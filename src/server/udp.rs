@@ -344,6 +344,7 @@ impl EchoServer {
 
 #[cfg(test)]
 mod tests {
+    use super::super::Hints;
     use super::*;
     use crate::config::Config;
     use mio::Token;
@@ -404,6 +405,55 @@ mod tests {
             assert_eq!((n, from), (4, addr));
             assert_eq!(got[..4], (i as u32).to_be_bytes(), "in order on loopback");
         }
+    }
+
+    #[test]
+    fn a_datagram_that_did_not_fit_is_counted_and_never_echoed_cut() {
+        let poll = mio::Poll::new().unwrap();
+        let (mut server, addr) = server_with_udp(&poll);
+        // No datagram on loopback exceeds the real buffer, so shrink it.
+        server.udp.buf.truncate(100);
+        let c = client();
+        c.send_to(&[1u8; 200], addr).unwrap();
+        c.send_to(&[2u8; 100], addr).unwrap();
+        server.serve_udp(0);
+        let stats = server.stats();
+        assert_eq!((stats.udp_truncated, stats.udp_datagrams_out), (1, 1));
+        assert_eq!(
+            stats.udp_bytes_in, 300,
+            "a truncated datagram counts its real length"
+        );
+        let mut got = [0u8; 300];
+        let (n, _) = c.recv_from(&mut got).unwrap();
+        assert_eq!(
+            &got[..n],
+            &[2u8; 100][..],
+            "only the whole datagram came back"
+        );
+    }
+
+    #[test]
+    fn events_under_the_udp_token_of_any_base_are_served() {
+        let poll = mio::Poll::new().unwrap();
+        let mut server = EchoServer::new(Config::default(), Token(5000));
+        let socket = UdpSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = server.adopt_udp(socket).unwrap();
+        server.register(poll.registry()).unwrap();
+        let token = server.tokens.udp(0);
+        assert!(server.owns(token) && token != server.tokens.listener(0));
+        let c = client();
+        c.send_to(b"via token", addr).unwrap();
+        server
+            .handle_token(
+                poll.registry(),
+                token,
+                Hints::default(),
+                std::time::Instant::now(),
+            )
+            .unwrap();
+        let mut got = [0u8; 16];
+        let (n, from) = c.recv_from(&mut got).unwrap();
+        assert_eq!((&got[..n], from), (&b"via token"[..], addr));
     }
 
     #[test]
