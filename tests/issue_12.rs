@@ -616,3 +616,14 @@ fn issue_12_loadgen_udp_catches_a_corrupting_or_misdelivering_peer() {
     ]);
     assert_eq!(code, 1);
 }
+
+#[test]
+fn issue_12_loadgen_udp_and_the_tokio_udp_peer_have_help_and_refuse_bad_values() {
+    let run = |args: &[&str]| echoloop_loadgen::main_with_args(args.iter().map(|s| s.to_string()));
+    assert_eq!(run(&["udp", "--help"]), 0);
+    assert_eq!(run(&["tokio-udp-echo", "--help"]), 0);
+    assert_eq!(run(&["udp", "-s", "65528"]), 2);
+    assert_eq!(run(&["udp", "-s", "-1"]), 2);
+    assert_eq!(run(&["udp", "--addr", "nowhere"]), 2);
+    assert_eq!(run(&["tokio-udp-echo", "--listen", "nowhere"]), 2);
+}

@@ -101,7 +101,11 @@ pub(super) struct Udp {
 ///
 /// Datagrams from our own UDP ports are refused too (by the caller): that
 /// is either our own reply coming back (a forged source address naming us)
-/// or another echo server on the same port elsewhere.
+/// or another echo server on the same port elsewhere. Source addresses
+/// that would fan a reply out need no check here: the kernel drops
+/// datagrams from multicast or broadcast sources (martians) before they
+/// reach a socket, and a reply to a subnet broadcast address fails with
+/// `EACCES` (we never set `SO_BROADCAST`) and is counted as dropped.
 pub fn refused_source_port(port: u16) -> bool {
     matches!(
         port,

@@ -180,7 +180,7 @@ pub enum ModeArgs {
         #[arg(long, short = 'c', default_value_t = 100)]
         conns: usize,
         /// Datagram size in bytes (0 to 65527; 65507 over IPv4).
-        #[arg(long, short = 's', default_value_t = 64)]
+        #[arg(long, short = 's', default_value_t = 64, value_parser = parse_datagram_size)]
         size: usize,
         /// Milliseconds to wait for an echo before counting it lost.
         #[arg(long, value_name = "MS", default_value_t = 1000)]
@@ -297,6 +297,17 @@ pub fn main_with_args<I: IntoIterator<Item = String>>(args: I) -> i32 {
             eprintln!("loadgen: error: {err}");
             1
         }
+    }
+}
+
+/// A datagram size, 0 to the IPv6 maximum.
+fn parse_datagram_size(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n <= udp::MAX_UDP_PAYLOAD => Ok(n),
+        _ => Err(format!(
+            "'{text}' is not a datagram size: give 0 to {} (65507 over IPv4)",
+            udp::MAX_UDP_PAYLOAD
+        )),
     }
 }
 
