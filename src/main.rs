@@ -184,7 +184,7 @@ fn run(args: Args) -> Result<(), String> {
     }
     server
         .register(poll.registry())
-        .map_err(|e| format!("cannot register sockets: {e}"))?;
+        .map_err(|e| format!("cannot register listeners: {e}"))?;
     let mut stdout = io::stdout().lock();
     for local in &bound {
         // Scripts and tests wait for this exact line.
