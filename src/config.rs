@@ -50,6 +50,9 @@ pub const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Longest `shutdown_timeout`: 1 day.
 pub const MAX_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
+/// Largest `udp_rate_limit`: 10,000,000 replies per second.
+pub const MAX_UDP_RATE_LIMIT: u32 = 10_000_000;
+
 /// Descriptors kept free beyond the connection limit (for the listeners,
 /// the poll instance, logging and the accept that rejects a connection
 /// over the limit), at most half of a small open-files limit.
@@ -87,6 +90,12 @@ pub struct Config {
     /// How long shutdown may flush pending bytes before closing anyway.
     /// Default: [`DEFAULT_SHUTDOWN_TIMEOUT`].
     pub shutdown_timeout: Duration,
+    /// UDP replies per second to one source IP address: a bucket of this
+    /// many, refilled at this rate; datagrams beyond it are not answered
+    /// (counted as `udp_rate_limited`). Bounds what a forged source can
+    /// aim at one victim, and starves loops through us. Default: off (a
+    /// loopback benchmark reaches tens of thousands per source).
+    pub udp_rate_limit: Option<u32>,
 }
 
 impl Default for Config {
@@ -99,6 +108,7 @@ impl Default for Config {
             accepts_per_turn: DEFAULT_ACCEPTS_PER_TURN,
             idle_timeout: None,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            udp_rate_limit: None,
         }
     }
 }
@@ -150,6 +160,14 @@ impl Config {
         }
         if self.max_connections > MAX_CONNECTIONS {
             return Err(format!("max_connections must be at most {MAX_CONNECTIONS}"));
+        }
+        if self
+            .udp_rate_limit
+            .is_some_and(|n| n == 0 || n > MAX_UDP_RATE_LIMIT)
+        {
+            return Err(format!(
+                "udp_rate_limit must be from 1 to {MAX_UDP_RATE_LIMIT}"
+            ));
         }
         Ok(())
     }

@@ -15,7 +15,7 @@ use signal_hook_mio::v1_0::Signals;
 use echoloop::config::{
     self, human_duration, DEFAULT_ACCEPTS_PER_TURN, DEFAULT_BUDGET, DEFAULT_MAX_PENDING,
     DEFAULT_READ_BUFFER, MAX_ACCEPTS_PER_TURN, MAX_BUDGET, MAX_IDLE_TIMEOUT, MAX_MAX_PENDING,
-    MAX_READ_BUFFER, MAX_SHUTDOWN_TIMEOUT,
+    MAX_READ_BUFFER, MAX_SHUTDOWN_TIMEOUT, MAX_UDP_RATE_LIMIT,
 };
 use echoloop::token::MAX_CONNECTIONS;
 use echoloop::{Config, EchoServer};
@@ -60,6 +60,13 @@ struct Args {
     /// the well-known ports of reflecting services are not answered.
     #[arg(long = "udp", value_name = "ADDR", value_parser = parse_addr)]
     udp: Vec<SocketAddr>,
+
+    /// Most UDP replies per second to one source IP address (a burst of N,
+    /// refilled at N per second); datagrams beyond it are not answered and
+    /// are counted (udp_rate_limited). 1 to 10,000,000. [default: off]
+    #[arg(long, value_name = "N", allow_negative_numbers = true,
+          value_parser = count_up_to(MAX_UDP_RATE_LIMIT as usize))]
+    udp_rate_limit: Option<usize>,
 
     /// Most connections served at once (1 to 16,777,200); one more is
     /// accepted and closed at once. [default: the open-files limit minus 64,
@@ -162,6 +169,9 @@ fn run(args: Args) -> Result<(), String> {
         accepts_per_turn: args.accepts_per_turn,
         idle_timeout: args.idle_timeout,
         shutdown_timeout: args.shutdown_timeout,
+        udp_rate_limit: args
+            .udp_rate_limit
+            .map(|n| u32::try_from(n).unwrap_or(MAX_UDP_RATE_LIMIT)),
     };
     config.validate()?;
 

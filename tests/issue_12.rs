@@ -222,6 +222,47 @@ fn issue_12_datagrams_from_protected_source_ports_get_no_answer_and_are_counted(
 }
 
 #[test]
+fn issue_12_the_optional_rate_limit_caps_replies_per_source_ip() {
+    const RATE: u64 = 10;
+    let (server, udp) = start_udp(&["127.0.0.1:0"], &["--udp-rate-limit", "10"]);
+    let addr = udp[0];
+    let started = Instant::now();
+    let mut replies = Vec::new();
+    for source in ["127.0.0.1", "127.0.0.2"] {
+        let c = UdpSocket::bind((source, 0)).unwrap();
+        for i in 0..50u32 {
+            c.send_to(&i.to_be_bytes(), addr).unwrap();
+        }
+        // Replies come at once or not at all.
+        c.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut buf = [0u8; 16];
+        let mut got = 0u64;
+        while let Ok((n, from)) = c.recv_from(&mut buf) {
+            assert_eq!((n, from), (4, addr));
+            got += 1;
+        }
+        replies.push(got);
+    }
+    let line = counters(&server);
+    // Each source gets its burst, plus what the bucket refilled meanwhile.
+    let refill = started.elapsed().as_millis() as u64 * RATE / 1000 + 1;
+    for got in &replies {
+        assert!(*got >= RATE && *got <= RATE + refill, "{replies:?} {line}");
+    }
+    let limited = field(&line, "udp_rate_limited");
+    assert_eq!(limited, 100 - replies.iter().sum::<u64>(), "{line}");
+    assert_eq!(field(&line, "udp_datagrams_in"), 100, "{line}");
+    for bad in ["0", "-1", "10000001", "many"] {
+        let out = Command::new(server_bin())
+            .args(["--udp", "127.0.0.1:0", "--udp-rate-limit", bad])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "--udp-rate-limit {bad}");
+    }
+}
+
+#[test]
 fn issue_12_a_udp_flood_does_not_stop_tcp_echoes_nor_a_tcp_stream_udp_echoes() {
     let (server, udp) = start_udp(&["127.0.0.1:0"], &[]);
     let addr = udp[0];
@@ -419,7 +460,13 @@ static GLOBAL: Counting = Counting;
 #[test]
 fn issue_12_no_allocation_per_datagram_in_the_steady_state() {
     let mut poll = mio::Poll::new().unwrap();
-    let mut server = echoloop::EchoServer::new(echoloop::Config::default(), mio::Token(0));
+    // The rate limit on (high enough never to refuse here), so its path
+    // is measured too.
+    let config = echoloop::Config {
+        udp_rate_limit: Some(10_000_000),
+        ..echoloop::Config::default()
+    };
+    let mut server = echoloop::EchoServer::new(config, mio::Token(0));
     let addr = server.bind_udp("127.0.0.1:0".parse().unwrap()).unwrap();
     server.register(poll.registry()).unwrap();
     // 0: warming up, 1: measuring, 2: stop.

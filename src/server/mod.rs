@@ -20,7 +20,8 @@
 //! * `deadlines.rs`: idle deadlines and their lazy heap.
 //! * `shutdown.rs`: orderly shutdown: quiet connections, the deadline.
 //! * `udp.rs`: UDP echo: datagrams in, replies out or dropped, reflection
-//!   protection, a per-turn datagram budget.
+//!   protection, a per-turn datagram budget; `rate.rs` its optional
+//!   per-source rate limit.
 //! * `stats.rs`: the counters.
 //!
 //! The echo itself is `Connection::drive` in `connection.rs`, which never
@@ -44,6 +45,7 @@ use crate::token::{Target, Tokens};
 mod accept;
 mod deadlines;
 mod drive;
+mod rate;
 mod shutdown;
 mod stats;
 mod udp;
@@ -245,7 +247,7 @@ impl EchoServer {
                     self.accept(registry, index, now)?;
                 }
             }
-            Some(Target::Udp(index)) => self.serve_udp(index),
+            Some(Target::Udp(index)) => self.serve_udp(index, now),
             Some(Target::Connection { key, generation }) => match self.current(key, generation) {
                 Some(conn) => {
                     // No further edge will announce this FIN: remember it
@@ -325,7 +327,7 @@ impl EchoServer {
                 self.drive(registry, key, now);
             }
         }
-        self.udp_due();
+        self.udp_due(now);
         self.accept_due(registry, now)?;
         self.close_idle(registry, now);
         let deadline = self.shutdown.as_ref().and_then(|s| s.deadline);

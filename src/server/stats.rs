@@ -47,8 +47,9 @@ pub struct Stats {
     pub accept_yields: u64,
     /// Accept errors that concerned one incoming connection only.
     pub accept_errors: u64,
-    /// UDP datagrams received (every one: echoed, dropped, refused or
-    /// truncated, so `in = out + dropped + refused + truncated`).
+    /// UDP datagrams received (every one: echoed, dropped, refused,
+    /// truncated or rate-limited, so
+    /// `in = out + dropped + refused + truncated + rate_limited`).
     pub udp_datagrams_in: u64,
     /// UDP datagrams echoed (handed to the kernel).
     pub udp_datagrams_out: u64,
@@ -66,6 +67,9 @@ pub struct Stats {
     pub udp_refused: u64,
     /// UDP datagrams larger than the receive buffer: counted, never echoed.
     pub udp_truncated: u64,
+    /// UDP datagrams not answered because their source IP was over
+    /// `Config::udp_rate_limit`.
+    pub udp_rate_limited: u64,
     /// Errors receiving on a UDP socket (ICMP errors about earlier replies);
     /// the socket keeps serving.
     pub udp_errors: u64,
@@ -83,7 +87,7 @@ impl fmt::Display for Stats {
              backpressure_pauses={} accept_backoffs={} backed_off_ms={} budget_yields={} \
              accept_yields={} accept_errors={} udp_datagrams_in={} udp_datagrams_out={} \
              udp_bytes_in={} udp_bytes_out={} udp_dropped={} udp_refused={} udp_truncated={} \
-             udp_errors={} udp_yields={}",
+             udp_rate_limited={} udp_errors={} udp_yields={}",
             self.accepted,
             self.rejected,
             self.active,
@@ -107,6 +111,7 @@ impl fmt::Display for Stats {
             self.udp_dropped,
             self.udp_refused,
             self.udp_truncated,
+            self.udp_rate_limited,
             self.udp_errors,
             self.udp_yields,
         )

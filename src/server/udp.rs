@@ -19,6 +19,8 @@
 //! * Reflection protection: a datagram whose source port is 0, one of ours,
 //!   or that of a service known to answer or amplify is refused
 //!   ([`refused_source_port`]).
+//! * With `Config::udp_rate_limit`, replies to one source IP are limited
+//!   per second (`rate.rs`).
 //! * Shutdown closes the UDP sockets at once (`close_udp`, from
 //!   `begin_shutdown`).
 //!
@@ -31,12 +33,14 @@
 use std::io::{self, ErrorKind};
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use log::{debug, trace, warn};
 use mio::net::UdpSocket;
 use mio::{Interest, Registry};
 use socket2::SockRef;
 
+use super::rate::SourceLimit;
 use super::EchoServer;
 use crate::token::MAX_LISTENERS;
 
@@ -77,6 +81,9 @@ pub(super) struct Udp {
     // The first refused datagram is logged at warn (a loop or reflection
     // attempt is worth knowing about); the rest only counted.
     refused_warned: bool,
+    // Some when `Config::udp_rate_limit` is set (allocated with the first
+    // socket).
+    limit: Option<SourceLimit>,
 }
 
 /// True if a datagram from `port` must not be answered. An echo server that
@@ -193,6 +200,7 @@ impl EchoServer {
         let addr = socket.local_addr()?;
         if self.udp.buf.is_empty() {
             self.udp.buf = vec![0; UDP_BUFFER];
+            self.udp.limit = self.config.udp_rate_limit.map(SourceLimit::new);
         }
         self.udp.endpoints.push(Endpoint {
             socket: Some(socket),
@@ -232,11 +240,13 @@ impl EchoServer {
 
     /// Echoes up to [`UDP_DATAGRAMS_PER_TURN`] datagrams on one socket.
     /// Work: at most that many `recvfrom` and `sendto` calls.
-    pub(super) fn serve_udp(&mut self, index: usize) {
+    pub(super) fn serve_udp(&mut self, index: usize, now: Instant) {
+        let now_ms = self.millis(now);
         let Udp {
             endpoints,
             buf,
             refused_warned,
+            limit,
         } = &mut self.udp;
         let Some(socket) = endpoints.get(index).and_then(|e| e.socket.as_ref()) else {
             return;
@@ -289,6 +299,13 @@ impl EchoServer {
                 stats.udp_refused += 1;
                 continue;
             }
+            if let (Some(limit), Some(source)) = (limit.as_mut(), from.as_socket()) {
+                if !limit.allow(source.ip(), now_ms) {
+                    trace!("udp {index}: {source} over the rate limit, not answered");
+                    stats.udp_rate_limited += 1;
+                    continue;
+                }
+            }
             let sent = loop {
                 match socket.send_to(&buf[..len], &from) {
                     Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -322,10 +339,10 @@ impl EchoServer {
     }
 
     /// Serves the UDP sockets that used their budget last turn.
-    pub(super) fn udp_due(&mut self) {
+    pub(super) fn udp_due(&mut self, now: Instant) {
         for index in 0..self.udp.endpoints.len() {
             if self.udp.endpoints[index].more {
-                self.serve_udp(index);
+                self.serve_udp(index, now);
             }
         }
     }
@@ -388,7 +405,7 @@ mod tests {
             c.send_to(&(i as u32).to_be_bytes(), addr).unwrap();
         }
         std::thread::sleep(Duration::from_millis(50));
-        server.serve_udp(0);
+        server.serve_udp(0, Instant::now());
         assert_eq!(
             server.stats().udp_datagrams_out,
             UDP_DATAGRAMS_PER_TURN as u64
@@ -398,8 +415,8 @@ mod tests {
             server.poll_timeout(std::time::Instant::now()),
             Some(Duration::ZERO)
         );
-        server.udp_due();
-        server.udp_due();
+        server.udp_due(Instant::now());
+        server.udp_due(Instant::now());
         assert!(!server.udp_more(), "drained");
         assert_eq!(server.stats().udp_datagrams_out, burst as u64);
         assert_eq!(server.stats().udp_yields, 2);
@@ -420,7 +437,7 @@ mod tests {
         let c = client();
         c.send_to(&[1u8; 200], addr).unwrap();
         c.send_to(&[2u8; 100], addr).unwrap();
-        server.serve_udp(0);
+        server.serve_udp(0, Instant::now());
         let stats = server.stats();
         assert_eq!((stats.udp_truncated, stats.udp_datagrams_out), (1, 1));
         assert_eq!(
@@ -468,8 +485,8 @@ mod tests {
         assert!(server.is_finished());
         assert!(server.udp.endpoints.iter().all(|e| e.socket.is_none()));
         // Nothing to serve, no panic on a late event.
-        server.serve_udp(0);
-        server.serve_udp(99);
+        server.serve_udp(0, Instant::now());
+        server.serve_udp(99, Instant::now());
         assert!(server.bind_udp("127.0.0.1:0".parse().unwrap()).is_err());
     }
 }
