@@ -227,15 +227,27 @@ fn issue_12_the_optional_rate_limit_caps_replies_per_source_ip() {
     let (server, udp) = start_udp(&["127.0.0.1:0"], &["--udp-rate-limit", "10"]);
     let addr = udp[0];
     let started = Instant::now();
-    let mut replies = Vec::new();
-    for source in ["127.0.0.1", "127.0.0.2"] {
-        let c = UdpSocket::bind((source, 0)).unwrap();
+    let clients: Vec<UdpSocket> = ["127.0.0.1", "127.0.0.2"]
+        .iter()
+        .map(|source| UdpSocket::bind((*source, 0)).unwrap())
+        .collect();
+    for c in &clients {
         for i in 0..50u32 {
             c.send_to(&i.to_be_bytes(), addr).unwrap();
         }
-        // Replies come at once or not at all.
-        c.set_read_timeout(Some(Duration::from_millis(300)))
-            .unwrap();
+    }
+    // Wait until the server has handled all 100; its replies (a send on
+    // loopback is delivered before it returns) then wait in our queues.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut line = counters(&server);
+    while field(&line, "udp_datagrams_in") < 100 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+        line = counters(&server);
+    }
+    let elapsed = started.elapsed();
+    let mut replies = Vec::new();
+    for c in &clients {
+        c.set_nonblocking(true).unwrap();
         let mut buf = [0u8; 16];
         let mut got = 0u64;
         while let Ok((n, from)) = c.recv_from(&mut buf) {
@@ -244,9 +256,8 @@ fn issue_12_the_optional_rate_limit_caps_replies_per_source_ip() {
         }
         replies.push(got);
     }
-    let line = counters(&server);
     // Each source gets its burst, plus what the bucket refilled meanwhile.
-    let refill = started.elapsed().as_millis() as u64 * RATE / 1000 + 1;
+    let refill = elapsed.as_millis() as u64 * RATE / 1000 + 1;
     for got in &replies {
         assert!(*got >= RATE && *got <= RATE + refill, "{replies:?} {line}");
     }
@@ -404,6 +415,13 @@ fn issue_12_shutdown_with_udp_exits_0_promptly_and_stops_answering() {
     assert_eq!(status.code(), Some(0));
     // Not held up by the UDP sockets, nor by the 30 s shutdown timeout.
     assert!(started.elapsed() < Duration::from_secs(10));
+    // The process has exited; its last stderr line may still be on its way
+    // through the reader thread.
+    assert!(
+        server.log_contains("shutdown complete: "),
+        "{}",
+        server.stderr()
+    );
     let log = server.stderr();
     let summary = log.rsplit("shutdown complete: ").next().unwrap();
     assert_eq!(field(summary, "udp_datagrams_in"), 10, "{log}");
