@@ -47,7 +47,9 @@ measure() {
     shift
     local out="$work/$name"
     mkdir -p "$out"
+    # Uncompressed names, so that each dump can be annotated on its own.
     taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$out/cg.out" \
+        --compress-strings=no --compress-pos=no \
         "$@" >"$out/stdout" 2>"$out/stderr" &
     pid=$!
     for _ in $(seq 600); do grep -q '^listening on' "$out/stdout" 2>/dev/null && break; sleep 0.1; done
