@@ -10,27 +10,11 @@
 //! * a read of 0 bytes means the peer will send nothing more (half-close);
 //! * we stop reading while too much is waiting to be written (backpressure).
 
-use std::io::{self, ErrorKind, Read, Write};
+use std::io::{self, ErrorKind};
 
 use mio::Interest;
 
-/// A stream whose write half can be shut down on its own.
-///
-/// After the peer half-closes, the echo server delivers every pending byte and
-/// then shuts down its own write side, so the peer sees an orderly FIN.
-pub trait HalfClose {
-    /// Shuts down the write half (`shutdown(SHUT_WR)` for a socket).
-    ///
-    /// # Errors
-    /// Whatever the underlying stream reports, e.g. `NotConnected`.
-    fn shutdown_write(&mut self) -> io::Result<()>;
-}
-
-impl HalfClose for mio::net::TcpStream {
-    fn shutdown_write(&mut self) -> io::Result<()> {
-        self.shutdown(std::net::Shutdown::Write)
-    }
-}
+pub use crate::stream::{HalfClose, Stream};
 
 /// On Linux a read of a stream socket that returns fewer bytes than asked for
 /// has emptied the receive queue, and any byte that arrives later raises a new
@@ -220,7 +204,7 @@ pub struct Connection<S> {
     flags: u8,
 }
 
-impl<S: Read + Write + HalfClose> Connection<S> {
+impl<S: Stream> Connection<S> {
     /// Wraps a connected, non-blocking stream.
     ///
     /// ```
@@ -350,24 +334,24 @@ impl<S: Read + Write + HalfClose> Connection<S> {
     /// assert_eq!(&back, b"hi");
     /// # Ok::<(), std::io::Error>(())
     /// ```
+    #[inline]
     pub fn drive(&mut self, scratch: &mut Scratch, limits: &Limits) -> io::Result<Progress> {
         let mut progress = Progress::default();
+        // Bytes left over from an earlier call go first. If some are still
+        // left after that, the stream would block: no write can succeed
+        // before the next writable event, so below, "something is pending"
+        // also means "queue new bytes, don't try to write them".
+        if self.pending.is_some() {
+            progress.bytes_out = self.flush(scratch)?;
+        }
+        if self.is_paused() {
+            if self.pending_len() > limits.resume_at {
+                return Ok(progress);
+            }
+            self.flags &= !PAUSED;
+        }
         let mut budget = limits.budget;
-        // Once a write would block, no further write can succeed until the
-        // next writable event, so this call stops trying.
-        let mut write_blocked = false;
         loop {
-            if !write_blocked && self.pending.is_some() {
-                let sent = self.flush(scratch)?;
-                progress.bytes_out += sent;
-                write_blocked = self.pending.is_some();
-            }
-            if self.is_paused() {
-                if self.pending_len() > limits.resume_at {
-                    break;
-                }
-                self.flags &= !PAUSED;
-            }
             if self.read_closed() {
                 progress.drained = true;
                 break;
@@ -393,7 +377,7 @@ impl<S: Read + Write + HalfClose> Connection<S> {
                 self.pause(&mut progress);
                 break;
             }
-            let n = match self.stream.read(&mut scratch.read[..want]) {
+            let n = match self.stream.recv(&mut scratch.read[..want]) {
                 Ok(0) => {
                     self.flags |= READ_CLOSED;
                     progress.drained = true;
@@ -410,7 +394,7 @@ impl<S: Read + Write + HalfClose> Connection<S> {
                 Err(e) => return Err(e),
             };
             progress.bytes_in += n;
-            budget = budget.saturating_sub(n);
+            budget -= n; // n <= want <= budget
             if self.write_shut() {
                 // Our FIN is out, so these bytes can never be echoed: the
                 // peer must learn that by a reset, not by silence.
@@ -419,27 +403,19 @@ impl<S: Read + Write + HalfClose> Connection<S> {
                     "data arrived after our FIN",
                 ));
             }
-            let chunk = &scratch.read[..n];
             // Echo at once; keep only what the socket would not take. If bytes
             // are already pending, new ones must queue behind them (order).
-            let sent = if self.pending.is_none() && !write_blocked {
-                write_some(&mut self.stream, chunk)?
-            } else {
-                0
+            let sent = match self.pending {
+                None => write_some(&mut self.stream, &scratch.read[..n])?,
+                Some(_) => 0,
             };
             progress.bytes_out += sent;
             if sent < n {
-                write_blocked = true;
-                let spare = &mut scratch.spare;
-                let pending = self
-                    .pending
-                    .get_or_insert_with(|| spare.pop().unwrap_or_default());
-                let bound = limits.max_pending.max(scratch.read.len());
-                pending.push(&scratch.read[sent..n], bound);
-            }
-            if self.pending_len() >= limits.max_pending {
-                self.pause(&mut progress);
-                break;
+                self.keep(scratch, sent..n, limits);
+                if self.pending_len() >= limits.max_pending {
+                    self.pause(&mut progress);
+                    break;
+                }
             }
             if SHORT_READ_DRAINS && n < want && self.flags & READ_TO_END == 0 {
                 progress.drained = true;
@@ -480,8 +456,23 @@ impl<S: Read + Write + HalfClose> Connection<S> {
         }
     }
 
+    // Copies `scratch.read[range]`, which the stream would not take, into the
+    // pending buffer (taken from the pool when there is none yet). Kept out
+    // of `drive`, like `flush`, so that the common path (one read, one
+    // write, nothing kept) stays small enough to be inlined into the loop.
+    #[inline(never)]
+    fn keep(&mut self, scratch: &mut Scratch, range: std::ops::Range<usize>, limits: &Limits) {
+        let spare = &mut scratch.spare;
+        let pending = self
+            .pending
+            .get_or_insert_with(|| spare.pop().unwrap_or_default());
+        let bound = limits.max_pending.max(scratch.read.len());
+        pending.push(&scratch.read[range], bound);
+    }
+
     // Writes pending bytes until done or the stream would block; a drained
     // buffer goes back to the pool so an idle connection owns no heap memory.
+    #[inline(never)]
     fn flush(&mut self, scratch: &mut Scratch) -> io::Result<usize> {
         let Some(pending) = self.pending.as_mut() else {
             return Ok(0);
@@ -496,10 +487,11 @@ impl<S: Read + Write + HalfClose> Connection<S> {
 }
 
 /// Writes as much of `bytes` as the stream takes before it would block.
-fn write_some<W: Write>(stream: &mut W, bytes: &[u8]) -> io::Result<usize> {
+#[inline]
+fn write_some<W: Stream>(stream: &mut W, bytes: &[u8]) -> io::Result<usize> {
     let mut sent = 0;
     while sent < bytes.len() {
-        match stream.write(&bytes[sent..]) {
+        match stream.send(&bytes[sent..]) {
             Ok(0) => return Err(ErrorKind::WriteZero.into()),
             Ok(n) => sent += n,
             Err(e) if e.kind() == ErrorKind::WouldBlock => break,

@@ -99,6 +99,7 @@ pub mod connection;
 #[cfg(any(test, feature = "scripted"))]
 pub mod scripted;
 pub mod server;
+mod stream;
 pub mod token;
 
 pub use config::Config;

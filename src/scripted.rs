@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::io::{self, ErrorKind, Read, Write};
 
-use crate::connection::{Connection, HalfClose, Limits, Scratch};
+use crate::connection::{Connection, HalfClose, Limits, Scratch, Stream};
 
 /// What the scripted stream does on its next read or write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +89,8 @@ impl Write for Scripted {
         Ok(())
     }
 }
+
+impl Stream for Scripted {}
 
 impl HalfClose for Scripted {
     fn shutdown_write(&mut self) -> io::Result<()> {
