@@ -282,13 +282,25 @@ impl<S: Stream> Connection<S> {
     /// an idle connection gets no "you can write" wake-ups. `None` means it
     /// wants nothing more and should be closed.
     pub fn wanted(&self) -> Option<Interest> {
-        let read = !self.read_closed() && !self.is_paused() && !self.is_done();
-        match (read, self.pending.is_some()) {
+        match (self.wants_read(), self.wants_write()) {
             (true, true) => Some(Interest::READABLE | Interest::WRITABLE),
             (true, false) => Some(Interest::READABLE),
             (false, true) => Some(Interest::WRITABLE),
             (false, false) => None,
         }
+    }
+
+    /// True while it may read: the peer has not half-closed and reading is
+    /// not paused. (A connection that is done has half-closed.)
+    #[inline]
+    pub fn wants_read(&self) -> bool {
+        self.flags & (READ_CLOSED | PAUSED) == 0
+    }
+
+    /// True while bytes are pending: only then is WRITABLE wanted.
+    #[inline]
+    pub fn wants_write(&self) -> bool {
+        self.pending.is_some()
     }
 
     /// Bytes of heap this connection's pending buffer holds (its capacity),
@@ -334,7 +346,7 @@ impl<S: Stream> Connection<S> {
     /// assert_eq!(&back, b"hi");
     /// # Ok::<(), std::io::Error>(())
     /// ```
-    #[inline]
+    #[inline(always)]
     pub fn drive(&mut self, scratch: &mut Scratch, limits: &Limits) -> io::Result<Progress> {
         let mut progress = Progress::default();
         // Bytes left over from an earlier call go first. If some are still
@@ -487,7 +499,7 @@ impl<S: Stream> Connection<S> {
 }
 
 /// Writes as much of `bytes` as the stream takes before it would block.
-#[inline]
+#[inline(always)]
 fn write_some<W: Stream>(stream: &mut W, bytes: &[u8]) -> io::Result<usize> {
     let mut sent = 0;
     while sent < bytes.len() {

@@ -49,7 +49,7 @@ pub use shutdown::SHUTDOWN_QUIET;
 pub use stats::Stats;
 
 use accept::{Backoff, Listener};
-use deadlines::IdleCheck;
+use deadlines::{Clock, IdleCheck};
 use drive::QUEUED;
 use shutdown::Shutdown;
 
@@ -104,7 +104,7 @@ pub struct EchoServer {
     // Connections that used their budget with data left: served next turn.
     ready: VecDeque<(usize, u16)>,
     idle: BinaryHeap<Reverse<IdleCheck>>,
-    epoch: Instant,
+    clock: Clock,
     next_generation: u16,
     backoff: Option<Backoff>,
     // Some once shutdown has begun: connections get our FIN once the peer
@@ -145,7 +145,7 @@ impl EchoServer {
             conns: Slab::with_capacity(slots),
             ready: VecDeque::new(),
             idle: BinaryHeap::new(),
-            epoch: Instant::now(),
+            clock: Clock::new(Instant::now()),
             next_generation: 0,
             backoff: None,
             shutdown: None,
@@ -180,6 +180,7 @@ impl EchoServer {
     }
 
     /// True if `token` is in this server's range: route its events here.
+    #[inline]
     pub fn owns(&self, token: Token) -> bool {
         self.tokens.owns(token)
     }
@@ -218,6 +219,7 @@ impl EchoServer {
         self.handle_token(registry, event.token(), hints, now)
     }
 
+    #[inline]
     fn handle_token(
         &mut self,
         registry: &Registry,
@@ -226,26 +228,15 @@ impl EchoServer {
         now: Instant,
     ) -> io::Result<()> {
         match self.tokens.decode(token) {
+            Some(Target::Connection { key, generation }) => {
+                self.drive(registry, key, generation, hints, now);
+            }
             Some(Target::Listener(index)) => {
                 trace!("listener {index}: ready");
                 if self.backoff.is_none() {
                     self.accept(registry, index, now)?;
                 }
             }
-            Some(Target::Connection { key, generation }) => match self.current(key, generation) {
-                Some(conn) => {
-                    // No further edge will announce this FIN: remember it
-                    // (see `Connection::peer_closing`).
-                    if hints.read_closed {
-                        conn.peer_closing();
-                    }
-                    if hints.urgent {
-                        conn.urgent_data();
-                    }
-                    self.drive(registry, key, now);
-                }
-                None => trace!("connection {key}: stale event ignored"),
-            },
             None => trace!("token {}: not ours", token.0),
         }
         Ok(())
@@ -307,7 +298,7 @@ impl EchoServer {
             };
             if let Some(conn) = self.current(key, generation) {
                 conn.registered &= !QUEUED;
-                self.drive(registry, key, now);
+                self.drive(registry, key, generation, Hints::default(), now);
             }
         }
         self.accept_due(registry, now)?;
