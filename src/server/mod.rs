@@ -205,13 +205,6 @@ impl EchoServer {
         event: &Event,
         now: Instant,
     ) -> io::Result<()> {
-        trace!(
-            "token {}: readable={} writable={} read_closed={}",
-            event.token().0,
-            event.is_readable(),
-            event.is_writable(),
-            event.is_read_closed(),
-        );
         let hints = Hints {
             read_closed: event.is_read_closed(),
             urgent: event.is_priority(),
