@@ -82,19 +82,20 @@ impl EchoServer {
         if timed && progress.bytes_in + progress.bytes_out > 0 {
             conn.last_active = self.clock.millis(now) as u32;
         }
-        if conn.is_done() {
-            debug!("connection {key}: closed by peer, all echoed");
-            let reason = match self.shutdown {
-                Some(_) => Reason::Shutdown,
-                None => Reason::Peer,
-            };
-            return self.close(registry, key, reason);
-        }
-        // Derive interest from state and re-register only on change.
+        // Derive interest from state and act only on change. A connection
+        // that is done wants nothing any more (it stopped reading), so the
+        // check for "done" can wait in here, off the common path.
         let bits = wanted_bits(conn);
         if bits != conn.registered & (REG_READ | REG_WRITE) {
-            // Only a connection that is done wants nothing, and it was
-            // closed above.
+            if conn.is_done() {
+                debug!("connection {key}: closed by peer, all echoed");
+                let reason = match self.shutdown {
+                    Some(_) => Reason::Shutdown,
+                    None => Reason::Peer,
+                };
+                return self.close(registry, key, reason);
+            }
+            // Only a connection that is done wants nothing.
             if let Some(want) = conn.wanted() {
                 let token = self.tokens.connection(key, conn.generation);
                 if let Err(err) = registry.reregister(conn.stream_mut(), token, with_urgent(want))
