@@ -363,6 +363,9 @@ impl<S: Stream> Connection<S> {
             self.flags &= !PAUSED;
         }
         let mut budget = limits.budget;
+        // Whether a short read ends this call (see SHORT_READ_DRAINS); only
+        // a WouldBlock, which ends it anyway, clears READ_TO_END.
+        let short_read_drains = SHORT_READ_DRAINS && self.flags & READ_TO_END == 0;
         loop {
             if self.read_closed() {
                 progress.drained = true;
@@ -429,7 +432,7 @@ impl<S: Stream> Connection<S> {
                     break;
                 }
             }
-            if SHORT_READ_DRAINS && n < want && self.flags & READ_TO_END == 0 {
+            if short_read_drains && n < want {
                 progress.drained = true;
                 break;
             }

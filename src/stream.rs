@@ -75,7 +75,7 @@ impl HalfClose for mio::net::TcpStream {
 // peer's reset is an EPIPE error, never a SIGPIPE).
 #[cfg(target_os = "linux")]
 impl Stream for mio::net::TcpStream {
-    #[inline]
+    #[inline(always)]
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         use std::os::fd::AsRawFd;
         // SAFETY: the descriptor is open while `self` lives, and the kernel
@@ -85,7 +85,7 @@ impl Stream for mio::net::TcpStream {
         usize::try_from(n).map_err(|_| io::Error::last_os_error())
     }
 
-    #[inline]
+    #[inline(always)]
     fn send(&mut self, buf: &[u8]) -> io::Result<usize> {
         use std::os::fd::AsRawFd;
         // SAFETY: as above; the kernel only reads `buf.len()` bytes of `buf`.
