@@ -51,9 +51,11 @@ impl EchoServer {
 
     /// When the earliest idle check comes due, if there is one.
     pub(super) fn idle_due(&self) -> Option<Instant> {
-        self.idle
-            .peek()
-            .and_then(|Reverse(check)| self.clock.epoch.checked_add(Duration::from_millis(check.due_ms)))
+        self.idle.peek().and_then(|Reverse(check)| {
+            self.clock
+                .epoch
+                .checked_add(Duration::from_millis(check.due_ms))
+        })
     }
 
     pub(super) fn close_idle(&mut self, registry: &Registry, now: Instant) {

@@ -98,8 +98,7 @@ impl EchoServer {
             // Only a connection that is done wants nothing.
             if let Some(want) = conn.wanted() {
                 let token = self.tokens.connection(key, conn.generation);
-                if let Err(err) = registry.reregister(conn.stream_mut(), token, with_urgent(want))
-                {
+                if let Err(err) = registry.reregister(conn.stream_mut(), token, with_urgent(want)) {
                     debug!("connection {key}: closed, reregister failed: {err}");
                     return self.close(registry, key, Reason::Error);
                 }
@@ -193,5 +192,7 @@ pub(super) fn with_urgent(interest: Interest) -> Interest {
 /// building an `Interest` (that took about 30 instructions per message).
 #[inline]
 fn wanted_bits(conn: &Connection<TcpStream>) -> u8 {
-    REG_READ * u8::from(conn.wants_read()) | REG_WRITE * u8::from(conn.wants_write())
+    let read = if conn.wants_read() { REG_READ } else { 0 };
+    let write = if conn.wants_write() { REG_WRITE } else { 0 };
+    read | write
 }

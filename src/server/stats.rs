@@ -92,7 +92,6 @@ impl EchoServer {
             ..self.stats
         }
     }
-
 }
 
 impl Stats {
