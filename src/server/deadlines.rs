@@ -119,8 +119,9 @@ impl EchoServer {
 ///
 /// A host passes one `now` to every event of a turn, so the hot path
 /// (stamping `last_active`) computes the milliseconds once per turn and
-/// compares two words per event instead: about 40 instructions per message
-/// less with `--idle-timeout` (benches/instructions.sh).
+/// compares two words per event instead. Stamping cost about 83
+/// instructions per message before (522 with `--idle-timeout 60` against
+/// 439 without), about 10 now (229 against 219; benches/instructions.sh).
 #[derive(Debug)]
 pub(super) struct Clock {
     pub(super) epoch: Instant,
