@@ -386,17 +386,19 @@ impl<S: Stream> Connection<S> {
             // (issue 8: capping every read by the room made `--max-pending 1`
             // read one byte at a time). So pending bytes never exceed
             // max(max_pending, read buffer).
+            // (Neither the buffer nor the budget is empty here, so only the
+            // room can be.)
             let want = match self.pending {
                 None => scratch.read.len().min(budget),
                 Some(_) => {
                     let room = limits.max_pending.saturating_sub(self.pending_len());
+                    if room == 0 {
+                        self.pause(&mut progress);
+                        break;
+                    }
                     scratch.read.len().min(room).min(budget)
                 }
             };
-            if want == 0 {
-                self.pause(&mut progress);
-                break;
-            }
             let n = match self.stream.recv(&mut scratch.read[..want]) {
                 Ok(0) => {
                     self.flags |= READ_CLOSED;
