@@ -121,7 +121,7 @@ impl EchoServer {
 /// (stamping `last_active`) computes the milliseconds once per turn and
 /// compares two words per event instead. Stamping cost about 83
 /// instructions per message before (522 with `--idle-timeout 60` against
-/// 439 without), about 10 now (229 against 219; benches/instructions.sh).
+/// 439 without), about 9 now (222 against 213; benches/instructions.sh).
 #[derive(Debug)]
 pub(super) struct Clock {
     pub(super) epoch: Instant,
