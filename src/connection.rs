@@ -593,6 +593,48 @@ mod tests {
     }
 
     #[test]
+    fn issue_10_a_short_message_costs_one_read_and_one_write() {
+        // The lean path's syscall budget: a message that arrives whole and
+        // is taken whole is one read (short: the queue is empty) and one
+        // write, with no pending buffer and nothing left to flush.
+        let mut conn = conn_with(b"ping");
+        let mut scratch = Scratch::new(64);
+        let p = conn.drive(&mut scratch, &LIMITS).unwrap();
+        assert_eq!(
+            (p.bytes_in, p.bytes_out, p.more, p.paused),
+            (4, 4, false, false)
+        );
+        let reads = if SHORT_READ_DRAINS { 1 } else { 2 };
+        assert_eq!(
+            (conn.stream.read_calls, conn.stream.write_calls),
+            (reads, 1)
+        );
+        assert!(conn.pending.is_none());
+        assert!(scratch.spare.is_empty(), "no pending buffer was taken");
+    }
+
+    #[test]
+    fn issue_10_a_partial_first_write_goes_on_until_it_would_block() {
+        // The first send is tried inline; what it did not take is retried
+        // (after Interrupted too) until the stream would block, then kept.
+        let mut conn = conn_with(b"0123456789");
+        conn.stream.writes = VecDeque::from([
+            Step::Bytes(2),
+            Step::Interrupted,
+            Step::Bytes(3),
+            Step::WouldBlock,
+        ]);
+        let mut scratch = Scratch::new(64);
+        let p = conn.drive(&mut scratch, &LIMITS).unwrap();
+        assert_eq!(p.bytes_out, 5);
+        assert_eq!(conn.stream.output, b"01234");
+        assert_eq!(conn.stream.write_calls, 4);
+        assert_eq!(conn.pending_len(), 5);
+        conn.drive(&mut scratch, &LIMITS).unwrap();
+        assert_eq!(conn.stream.output, b"0123456789");
+    }
+
+    #[test]
     fn keeps_the_unwritten_part_of_a_partial_write() {
         let mut conn = conn_with(b"0123456789");
         conn.stream.writes = VecDeque::from([Step::Bytes(3), Step::WouldBlock]);

@@ -103,3 +103,81 @@ impl Stream for mio::net::TcpStream {
 
 #[cfg(not(target_os = "linux"))]
 impl Stream for mio::net::TcpStream {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::ErrorKind;
+    use std::net::{Shutdown, TcpListener, TcpStream as StdStream};
+    use std::time::{Duration, Instant};
+
+    // A connected pair: a blocking std client and the accepted side as a
+    // non-blocking mio stream, as the server holds it.
+    fn pair() -> (StdStream, mio::net::TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = StdStream::connect(listener.local_addr().unwrap()).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        accepted.set_nonblocking(true).unwrap();
+        (client, mio::net::TcpStream::from_std(accepted))
+    }
+
+    // `recv` until it returns something other than WouldBlock, for at most
+    // 5 s (the bytes are on loopback, so this is a few microseconds).
+    fn recv_ready(stream: &mut mio::net::TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match stream.recv(buf) {
+                Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    #[test]
+    fn issue_10_direct_recv_and_send_behave_as_read_and_write() {
+        let (mut client, mut server) = pair();
+        let mut buf = [0u8; 16];
+        // Nothing there yet: WouldBlock, as `Read::read` says it.
+        let err = server.recv(&mut buf).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::WouldBlock);
+        client.write_all(b"hello").unwrap();
+        assert_eq!(recv_ready(&mut server, &mut buf).unwrap(), 5);
+        assert_eq!(&buf[..5], b"hello");
+        assert_eq!(server.send(b"back").unwrap(), 4);
+        let mut reply = [0u8; 4];
+        client.read_exact(&mut reply).unwrap();
+        assert_eq!(&reply, b"back");
+        // The peer's FIN reads as 0, as from `Read::read`.
+        client.shutdown(Shutdown::Write).unwrap();
+        assert_eq!(recv_ready(&mut server, &mut buf).unwrap(), 0);
+    }
+
+    #[test]
+    fn issue_10_send_to_a_reset_peer_is_an_error_not_a_signal() {
+        let (client, mut server) = pair();
+        socket2::SockRef::from(&client)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(client); // a reset
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let err = loop {
+            match server.send(b"lost") {
+                Err(e) if e.kind() != ErrorKind::WouldBlock => break e,
+                _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
+                other => panic!("send kept succeeding: {other:?}"),
+            }
+        };
+        assert!(
+            matches!(
+                err.kind(),
+                ErrorKind::ConnectionReset | ErrorKind::BrokenPipe
+            ),
+            "{err}"
+        );
+    }
+}

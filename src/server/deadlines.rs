@@ -166,6 +166,20 @@ mod tests {
     use std::net::TcpStream as StdStream;
 
     #[test]
+    fn issue_10_clock_computes_again_only_when_now_changes() {
+        let epoch = Instant::now();
+        let mut clock = Clock::new(epoch);
+        let t1 = epoch + Duration::from_millis(1500);
+        assert_eq!(clock.millis(t1), 1500);
+        assert_eq!(clock.millis(t1), 1500, "same now, same answer");
+        let t2 = epoch + Duration::from_millis(2750);
+        assert_eq!(clock.millis(t2), 2750, "a new now is computed again");
+        // Back at the epoch (where the cache starts): 0 again.
+        assert_eq!(clock.millis(epoch), 0);
+        assert_eq!(clock.since_epoch(t2), 2750);
+    }
+
+    #[test]
     fn idle_checks_of_closed_connections_do_not_pile_up() {
         let poll = mio::Poll::new().unwrap();
         let config = Config {
