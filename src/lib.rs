@@ -63,7 +63,9 @@
 //! accepts (and backs off when descriptors run out), `drive.rs` runs one
 //! connection's turn around [`Connection::drive`] and is the one place that
 //! closes, `deadlines.rs` keeps the idle deadlines, `shutdown.rs` the orderly
-//! shutdown, `udp.rs` the UDP echo, and `stats.rs` the counters.
+//! shutdown, `udp.rs` the UDP echo, and `stats.rs` the counters. `src/stream.rs` says what a
+//! connection needs from its socket: on Linux its `recv` and `send` go
+//! straight to libc, the two calls each echoed message makes.
 //!
 //! # Rules of readiness I/O this crate follows
 //!
@@ -111,9 +113,10 @@ pub mod connection;
 #[cfg(any(test, feature = "scripted"))]
 pub mod scripted;
 pub mod server;
+mod stream;
 pub mod token;
 
 pub use config::Config;
-pub use connection::{Connection, HalfClose, Limits, Progress, Scratch};
+pub use connection::{Connection, HalfClose, Limits, Progress, Scratch, Stream};
 pub use server::{EchoServer, Stats};
 pub use token::TOKEN_SPAN;

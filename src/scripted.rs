@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::io::{self, ErrorKind, Read, Write};
 
-use crate::connection::{Connection, HalfClose, Limits, Scratch};
+use crate::connection::{Connection, HalfClose, Limits, Scratch, Stream};
 
 /// What the scripted stream does on its next read or write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +42,8 @@ pub struct Scripted {
     pub shut: bool,
     /// Calls to `read` so far.
     pub read_calls: usize,
+    /// Calls to `write` so far.
+    pub write_calls: usize,
 }
 
 impl Read for Scripted {
@@ -70,6 +72,7 @@ impl Read for Scripted {
 
 impl Write for Scripted {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_calls += 1;
         if self.shut {
             return Err(io::Error::other("write after shutdown"));
         }
@@ -89,6 +92,8 @@ impl Write for Scripted {
         Ok(())
     }
 }
+
+impl Stream for Scripted {}
 
 impl HalfClose for Scripted {
     fn shutdown_write(&mut self) -> io::Result<()> {

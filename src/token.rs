@@ -58,8 +58,17 @@ impl Tokens {
         self.base..self.base + TOKEN_SPAN
     }
 
+    #[inline]
     pub(crate) fn owns(&self, token: Token) -> bool {
-        self.range().contains(&token.0)
+        self.local(token).is_some()
+    }
+
+    // The token's offset in our range, if it is in it: one subtraction and
+    // one comparison (`base <= t < base + SPAN` took two comparisons).
+    #[inline]
+    fn local(&self, token: Token) -> Option<usize> {
+        let local = token.0.wrapping_sub(self.base);
+        (local < TOKEN_SPAN).then_some(local)
     }
 
     pub(crate) fn listener(&self, index: usize) -> Token {
@@ -78,11 +87,9 @@ impl Tokens {
         Token(self.base + local)
     }
 
+    #[inline]
     pub(crate) fn decode(&self, token: Token) -> Option<Target> {
-        if !self.owns(token) {
-            return None;
-        }
-        let local = token.0 - self.base;
+        let local = self.local(token)?;
         let slot = local & SLOT_MASK;
         let generation = (local >> SLOT_BITS) as u16;
         if slot < MAX_LISTENERS {

@@ -8,14 +8,15 @@
 //! FIN and a reset. Events reach `drive` through `handle_event` in `mod.rs`,
 //! and queued connections through `handle_timeout`.
 
-use std::io;
 use std::time::{Duration, Instant};
 
-use log::{debug, trace};
+use log::{debug, log_enabled, trace, Level};
+use mio::net::TcpStream;
 use mio::{Interest, Registry};
 
 use super::shutdown::unread;
-use super::EchoServer;
+use super::{EchoServer, Hints};
+use crate::connection::{Connection, Progress};
 
 // Bits of `Connection::registered`: the interest mio currently has for the
 // connection, and whether it sits in the ready queue.
@@ -33,9 +34,37 @@ pub(super) enum Reason {
 }
 
 impl EchoServer {
-    /// Echoes on one connection, then closes it or updates its interest.
-    pub(super) fn drive(&mut self, registry: &Registry, key: usize, now: Instant) {
-        let conn = &mut self.conns[key];
+    /// Echoes on the connection at `key` if `generation` still names it (a
+    /// stale event or queue entry is ignored), then closes it or updates
+    /// its interest.
+    ///
+    /// This is the loop's hot path: one slab look-up, and every field used
+    /// through that one `conn` until it is closed or re-registered (with
+    /// `self.conns[key]` at each step it was 3 look-ups with bounds checks;
+    /// part of 331 -> 256 instructions per message, benches/instructions.sh).
+    #[inline(always)]
+    pub(super) fn drive(
+        &mut self,
+        registry: &Registry,
+        key: usize,
+        generation: u16,
+        hints: Hints,
+        now: Instant,
+    ) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return trace!("connection {key}: stale event ignored");
+        };
+        if conn.generation != generation {
+            return trace!("connection {key}: stale event ignored");
+        }
+        // No further edge will announce this FIN: remember it (see
+        // `Connection::peer_closing`).
+        if hints.read_closed {
+            conn.peer_closing();
+        }
+        if hints.urgent {
+            conn.urgent_data();
+        }
         let progress = match conn.drive(&mut self.scratch, &self.limits) {
             Ok(progress) => progress,
             Err(err) => {
@@ -43,49 +72,45 @@ impl EchoServer {
                 return self.close(registry, key, Reason::Error);
             }
         };
-        trace!(
-            "connection {key}: {progress:?}, {} pending",
-            self.conns[key].pending_len()
-        );
-        self.count(&progress);
-        let timed = self.config.idle_timeout.is_some() || self.shutdown.is_some();
-        if progress.bytes_in + progress.bytes_out > 0 && timed {
-            let now_ms = self.millis(now) as u32;
-            self.conns[key].last_active = now_ms;
+        if log_enabled!(Level::Trace) {
+            trace_drive(key, progress, conn.pending_len());
         }
-        if self.conns[key].is_done() {
-            debug!("connection {key}: closed by peer, all echoed");
-            let reason = match self.shutdown {
-                Some(_) => Reason::Shutdown,
-                None => Reason::Peer,
-            };
-            return self.close(registry, key, reason);
+        self.stats.count(&progress);
+        // Only the idle and shutdown rules read `last_active`; otherwise
+        // the clock is not read at all.
+        let timed = self.config.idle_timeout.is_some() || self.shutdown.is_some();
+        if timed && progress.bytes_in + progress.bytes_out > 0 {
+            conn.last_active = self.clock.millis(now) as u32;
+        }
+        // Derive interest from state and act only on change. A connection
+        // that is done wants nothing (its read side is closed and nothing is
+        // pending: our FIN goes only after the last byte), while a registered
+        // one always wants something, so the check for "done" can wait in
+        // here, off the common path (232 -> 227 instructions per message).
+        let bits = wanted_bits(conn);
+        if bits != conn.registered & (REG_READ | REG_WRITE) {
+            if conn.is_done() {
+                debug!("connection {key}: closed by peer, all echoed");
+                let reason = match self.shutdown {
+                    Some(_) => Reason::Shutdown,
+                    None => Reason::Peer,
+                };
+                return self.close(registry, key, reason);
+            }
+            // Only a connection that is done wants nothing.
+            if let Some(want) = conn.wanted() {
+                let token = self.tokens.connection(key, conn.generation);
+                if let Err(err) = registry.reregister(conn.stream_mut(), token, with_urgent(want)) {
+                    debug!("connection {key}: closed, reregister failed: {err}");
+                    return self.close(registry, key, Reason::Error);
+                }
+                conn.registered = bits | (conn.registered & QUEUED);
+            }
         }
         if progress.more {
             self.stats.budget_yields += 1;
             self.queue(key);
         }
-        if let Err(err) = self.update_interest(registry, key) {
-            debug!("connection {key}: closed, reregister failed: {err}");
-            self.close(registry, key, Reason::Error);
-        }
-    }
-
-    // Derive interest from state and re-register only on change.
-    fn update_interest(&mut self, registry: &Registry, key: usize) -> io::Result<()> {
-        let conn = &mut self.conns[key];
-        let (want, bits) = match conn.wanted() {
-            Some(want) => (want, interest_bits(want)),
-            // Nothing to read or write: only a connection that is done wants
-            // nothing, and it was closed above.
-            None => return Ok(()),
-        };
-        if bits != conn.registered & (REG_READ | REG_WRITE) {
-            let token = self.tokens.connection(key, conn.generation);
-            registry.reregister(conn.stream_mut(), token, with_urgent(want))?;
-            conn.registered = bits | (conn.registered & QUEUED);
-        }
-        Ok(())
     }
 
     pub(super) fn queue(&mut self, key: usize) {
@@ -143,6 +168,16 @@ impl EchoServer {
     }
 }
 
+/// The one trace line per connection event. Out of line and behind the
+/// level check, so that with tracing off it costs a load and a compare
+/// (it was two lines per event, with their arguments built in place: 256 ->
+/// 238 instructions per message together with stamping after the echo).
+#[cold]
+#[inline(never)]
+fn trace_drive(key: usize, progress: Progress, pending: usize) {
+    trace!("connection {key}: {progress:?}, {pending} pending");
+}
+
 /// `interest` plus PRIORITY where urgent data must be noticed (Linux: a
 /// read stops at the urgent mark, see `Connection::urgent_data`). Costs no
 /// syscall: it rides along with registrations made anyway.
@@ -156,13 +191,12 @@ pub(super) fn with_urgent(interest: Interest) -> Interest {
     interest
 }
 
-fn interest_bits(interest: Interest) -> u8 {
-    let mut bits = 0;
-    if interest.is_readable() {
-        bits |= REG_READ;
-    }
-    if interest.is_writable() {
-        bits |= REG_WRITE;
-    }
-    bits
+/// The `REG_*` bits of `conn.wanted()`, read off its two predicates without
+/// building an `Interest` (about 26 instructions per message before, 12
+/// now).
+#[inline]
+fn wanted_bits(conn: &Connection<TcpStream>) -> u8 {
+    let read = if conn.wants_read() { REG_READ } else { 0 };
+    let write = if conn.wants_write() { REG_WRITE } else { 0 };
+    read | write
 }

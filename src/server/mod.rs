@@ -55,7 +55,7 @@ pub use stats::Stats;
 pub use udp::{refused_source_port, MAX_UDP_SOCKETS, UDP_BUFFER, UDP_DATAGRAMS_PER_TURN};
 
 use accept::{Backoff, Listener};
-use deadlines::IdleCheck;
+use deadlines::{Clock, IdleCheck};
 use drive::QUEUED;
 use shutdown::Shutdown;
 use udp::Udp;
@@ -114,7 +114,7 @@ pub struct EchoServer {
     // Connections that used their budget with data left: served next turn.
     ready: VecDeque<(usize, u16)>,
     idle: BinaryHeap<Reverse<IdleCheck>>,
-    epoch: Instant,
+    clock: Clock,
     next_generation: u16,
     backoff: Option<Backoff>,
     // Some once shutdown has begun: connections get our FIN once the peer
@@ -157,7 +157,7 @@ impl EchoServer {
             conns: Slab::with_capacity(slots),
             ready: VecDeque::new(),
             idle: BinaryHeap::new(),
-            epoch: Instant::now(),
+            clock: Clock::new(Instant::now()),
             next_generation: 0,
             backoff: None,
             shutdown: None,
@@ -194,6 +194,7 @@ impl EchoServer {
     }
 
     /// True if `token` is in this server's range: route its events here.
+    #[inline]
     pub fn owns(&self, token: Token) -> bool {
         self.tokens.owns(token)
     }
@@ -219,13 +220,6 @@ impl EchoServer {
         event: &Event,
         now: Instant,
     ) -> io::Result<()> {
-        trace!(
-            "token {}: readable={} writable={} read_closed={}",
-            event.token().0,
-            event.is_readable(),
-            event.is_writable(),
-            event.is_read_closed(),
-        );
         let hints = Hints {
             read_closed: event.is_read_closed(),
             urgent: event.is_priority(),
@@ -233,6 +227,7 @@ impl EchoServer {
         self.handle_token(registry, event.token(), hints, now)
     }
 
+    #[inline]
     fn handle_token(
         &mut self,
         registry: &Registry,
@@ -241,6 +236,9 @@ impl EchoServer {
         now: Instant,
     ) -> io::Result<()> {
         match self.tokens.decode(token) {
+            Some(Target::Connection { key, generation }) => {
+                self.drive(registry, key, generation, hints, now);
+            }
             Some(Target::Listener(index)) => {
                 trace!("listener {index}: ready");
                 if self.backoff.is_none() {
@@ -248,20 +246,6 @@ impl EchoServer {
                 }
             }
             Some(Target::Udp(index)) => self.serve_udp(index, now),
-            Some(Target::Connection { key, generation }) => match self.current(key, generation) {
-                Some(conn) => {
-                    // No further edge will announce this FIN: remember it
-                    // (see `Connection::peer_closing`).
-                    if hints.read_closed {
-                        conn.peer_closing();
-                    }
-                    if hints.urgent {
-                        conn.urgent_data();
-                    }
-                    self.drive(registry, key, now);
-                }
-                None => trace!("connection {key}: stale event ignored"),
-            },
             None => trace!("token {}: not ours", token.0),
         }
         Ok(())
@@ -324,7 +308,7 @@ impl EchoServer {
             };
             if let Some(conn) = self.current(key, generation) {
                 conn.registered &= !QUEUED;
-                self.drive(registry, key, now);
+                self.drive(registry, key, generation, Hints::default(), now);
             }
         }
         self.udp_due(now);

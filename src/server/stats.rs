@@ -133,12 +133,15 @@ impl EchoServer {
             ..self.stats
         }
     }
+}
 
+impl Stats {
+    /// Adds up one drive's progress.
     pub(super) fn count(&mut self, progress: &Progress) {
-        self.stats.bytes_in += progress.bytes_in as u64;
-        self.stats.bytes_out += progress.bytes_out as u64;
+        self.bytes_in += progress.bytes_in as u64;
+        self.bytes_out += progress.bytes_out as u64;
         if progress.paused {
-            self.stats.backpressure_pauses += 1;
+            self.backpressure_pauses += 1;
         }
     }
 }
