@@ -77,6 +77,8 @@ pub struct Server {
     child: Child,
     pub addrs: Vec<SocketAddr>,
     stderr: Arc<Mutex<String>>,
+    // Disconnected once the stderr reader has read to the end of the pipe.
+    stderr_done: mpsc::Receiver<()>,
 }
 
 impl Server {
@@ -123,7 +125,9 @@ impl Server {
         let stderr = Arc::new(Mutex::new(String::new()));
         let sink = stderr.clone();
         let pipe = child.stderr.take().expect("stderr");
+        let (done_tx, stderr_done) = mpsc::channel::<()>();
         thread::spawn(move || {
+            let _done = done_tx; // dropped at the end of the pipe
             for line in BufReader::new(pipe).lines() {
                 let Ok(line) = line else { break };
                 let mut log = sink.lock().unwrap();
@@ -149,6 +153,7 @@ impl Server {
             child,
             addrs,
             stderr,
+            stderr_done,
         }
     }
 
@@ -182,11 +187,14 @@ impl Server {
         assert_eq!(rc, 0, "kill failed");
     }
 
-    /// Waits up to `limit` for the process to exit.
+    /// Waits up to `limit` for the process to exit, then (up to 5 s more)
+    /// for its stderr to be read to the end, so `stderr()` holds its last
+    /// lines: the reader thread may lag behind the exit.
     pub fn wait_for_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
         let start = Instant::now();
         while start.elapsed() < limit {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
+                let _ = self.stderr_done.recv_timeout(Duration::from_secs(5));
                 return Some(status);
             }
             thread::sleep(Duration::from_millis(20));
