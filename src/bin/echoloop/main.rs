@@ -83,7 +83,9 @@ fn run(args: Args) -> Result<(), String> {
         shutdown_timeout: args.shutdown_timeout,
     };
     config.validate()?;
-    let loops = (threads > 1).then(|| format!("{threads} loops ({how}), "));
+    // Stated whenever there is more than one loop or `auto` chose the count.
+    let loops = (threads > 1 || args.threads == options::Threads::Auto)
+        .then(|| format!("{} ({how}), ", config::plural(threads, "loop")));
     let started = |config: &Config| {
         info!(
             "echoloop {}: {}max connections {} (open-files limit {}), max pending {} bytes, \
