@@ -233,7 +233,7 @@ impl EchoServer {
         debug!("connection {key}: accepted from {peer}");
     }
 
-    fn back_off(&mut self, now: Instant, err: &io::Error) {
+    pub(super) fn back_off(&mut self, now: Instant, err: &io::Error) {
         match self.backoff.as_mut() {
             Some(backoff) => {
                 backoff.delay = backoff.delay.saturating_mul(2).min(BACKOFF_MAX);
@@ -311,7 +311,7 @@ impl EchoServer {
         }
     }
 
-    fn closed_elsewhere(&self, backoff: &Backoff) -> bool {
+    pub(super) fn closed_elsewhere(&self, backoff: &Backoff) -> bool {
         match (&self.shared, backoff.closes_seen) {
             (Some(shared), Some(seen)) => shared.closes() != seen,
             _ => false,

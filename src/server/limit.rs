@@ -141,3 +141,107 @@ impl SharedLimit {
         self.inner.operations.load(Ordering::Relaxed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::net::TcpStream as StdStream;
+    use std::time::Instant;
+
+    use mio::Token;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::server::tests::accept_one;
+    use crate::server::EchoServer;
+
+    fn sharing(poll: &mio::Poll, limit: &SharedLimit) -> (EchoServer, std::net::SocketAddr) {
+        let mut server = EchoServer::with_shared_limit(Config::default(), Token(0), limit.clone());
+        let addr = server.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        server.register(poll.registry()).unwrap();
+        (server, addr)
+    }
+
+    #[test]
+    fn a_backed_off_server_retries_once_another_loop_closes() {
+        let poll = mio::Poll::new().unwrap();
+        let limit = SharedLimit::new(10);
+        let (mut server, addr) = sharing(&poll, &limit);
+        let now = Instant::now();
+        // As if accept had failed with EMFILE a few times: the timer's next
+        // retry is a second away.
+        server.back_off(now, &io::Error::from_raw_os_error(libc::EMFILE));
+        server.backoff.as_mut().unwrap().until = now + Duration::from_secs(1);
+        let _waiting = StdStream::connect(addr).unwrap();
+        assert!(server.poll_timeout(now).unwrap() <= SHARED_RETRY_CHECK);
+        // Nobody closed anything: still backed off, nothing accepted.
+        let later = now + Duration::from_millis(20);
+        server.handle_timeout(poll.registry(), later).unwrap();
+        assert!(server.backoff.is_some());
+        assert_eq!(server.stats().accepted, 0);
+        // Another loop closes a connection: a descriptor is free.
+        assert!(limit.try_acquire());
+        limit.release();
+        let later = now + Duration::from_millis(30);
+        for _ in 0..100 {
+            server.handle_timeout(poll.registry(), later).unwrap();
+            if server.stats().accepted == 1 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(server.backoff.is_none(), "still backed off");
+        assert_eq!(server.stats().accepted, 1);
+    }
+
+    #[test]
+    fn a_failed_retry_waits_for_the_next_close() {
+        let poll = mio::Poll::new().unwrap();
+        let limit = SharedLimit::new(10);
+        let (mut server, _addr) = sharing(&poll, &limit);
+        let now = Instant::now();
+        let emfile = io::Error::from_raw_os_error(libc::EMFILE);
+        server.back_off(now, &emfile);
+        limit.release_many(1);
+        assert!(server.closed_elsewhere(server.backoff.as_ref().unwrap()));
+        // The retry failed again: that close is spent.
+        server.back_off(now, &emfile);
+        assert!(!server.closed_elsewhere(server.backoff.as_ref().unwrap()));
+    }
+
+    #[test]
+    fn the_limit_counts_over_servers_and_a_dropped_server_gives_its_slots_back() {
+        let poll = mio::Poll::new().unwrap();
+        let limit = SharedLimit::new(3);
+        let (mut a, addr_a) = sharing(&poll, &limit);
+        let (mut b, addr_b) = sharing(&poll, &limit);
+        let _a1 = StdStream::connect(addr_a).unwrap();
+        accept_one(&mut a, &poll);
+        let _b1 = StdStream::connect(addr_b).unwrap();
+        accept_one(&mut b, &poll);
+        let _b2 = StdStream::connect(addr_b).unwrap();
+        accept_one(&mut b, &poll);
+        assert_eq!(limit.active(), 3);
+        // A fourth, on either server, is over the shared limit.
+        let _a2 = StdStream::connect(addr_a).unwrap();
+        let before = a.stats().rejected;
+        for _ in 0..100 {
+            a.handle_timeout(poll.registry(), Instant::now()).unwrap();
+            let listener = a.tokens.listener(0);
+            a.handle_token(
+                poll.registry(),
+                listener,
+                Default::default(),
+                Instant::now(),
+            )
+            .unwrap();
+            if a.stats().rejected > before {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!((a.stats().rejected, a.stats().active), (1, 1));
+        drop(b);
+        assert_eq!(limit.active(), 1);
+    }
+}
