@@ -383,3 +383,39 @@ fn issue_11_a_port_in_use_is_one_clear_error_line_with_two_loops() {
     let mut c = connect(addr);
     ping(&mut c, b"still mine");
 }
+
+/// The load generator's `--threads` (each thread its own loop and share of
+/// the connections, every byte verified, results merged) against both
+/// multi-threaded servers: echoloop with two loops and tokio's
+/// multi_thread peer with two workers.
+#[test]
+fn issue_11_loadgen_threads_drive_both_multi_threaded_servers() {
+    let echoloop = Server::start(&["--threads", "2"]);
+    let mut cmd = Command::new(loadgen_bin());
+    cmd.args(["tokio-echo", "--threads", "2", "--listen", "127.0.0.1:0"]);
+    let tokio = Server::spawn(cmd, 1);
+    for addr in [echoloop.addr(), tokio.addr()] {
+        for mode in [
+            &["pingpong", "-c", "50", "-d", "4"][..],
+            &["stream", "-c", "4"],
+        ] {
+            let out = Command::new(loadgen_bin())
+                .args(mode)
+                .args(["--threads", "2", "--duration", "0.3", "--warmup", "0.1"])
+                .args(["--addr", &addr.to_string(), "--json"])
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert_eq!(out.status.code(), Some(0), "{mode:?} {addr}: {stdout}");
+            let json = stdout.lines().find(|l| l.starts_with('{')).unwrap();
+            for want in ["\"threads\":2", "\"errors\":0", "\"mismatches\":0"] {
+                assert!(json.contains(want), "{mode:?} {addr}: {json}");
+            }
+            let conns = if mode[0] == "pingpong" { 50 } else { 4 };
+            assert!(json.contains(&format!("\"conns\":{conns},")), "{json}");
+            assert!(!json.contains("\"msgs\":0,"), "no traffic: {json}");
+        }
+    }
+    let log = stats_now(&echoloop);
+    assert!(per_loop(&log).is_some(), "{log}");
+}

@@ -14,6 +14,7 @@
 mod close;
 mod once;
 mod report;
+mod threads;
 pub mod tokio_peer;
 
 use std::collections::VecDeque;
@@ -77,6 +78,13 @@ pub struct Common {
     /// Print the result as one JSON line instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Threads, each with its own mio loop and its share of the
+    /// connections (1 to 256); results are merged and every byte is still
+    /// verified. Use it to drive a multi-loop server without becoming the
+    /// bottleneck.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub threads: u16,
 }
 
 /// The subcommands: five load modes and the tokio peer server.
@@ -164,12 +172,19 @@ pub enum ModeArgs {
     },
     /// Run the tokio peer echo server (what echoloop is compared with).
     ///
-    /// A tokio current_thread echo server, one task per connection. Prints
-    /// `listening on IP:PORT` on stdout once bound and serves until killed.
+    /// A tokio current_thread echo server, one task per connection; with
+    /// --threads N above 1, tokio's multi_thread runtime with N workers (the
+    /// peer of `echoloop --threads N`). Prints `listening on IP:PORT` on
+    /// stdout once bound and serves until killed.
     TokioEcho {
         /// Address to listen on, as IP:PORT. Port 0 picks a free port.
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7008", value_parser = parse_addr)]
         listen: SocketAddr,
+        /// Worker threads: 1 is the current_thread runtime, more the
+        /// multi_thread runtime with that many workers (up to 256).
+        #[arg(long, value_name = "N", default_value_t = 1,
+              value_parser = clap::value_parser!(u16).range(1..=256))]
+        threads: u16,
     },
 }
 
@@ -186,8 +201,8 @@ pub fn main_with_args<I: IntoIterator<Item = String>>(args: I) -> i32 {
     };
     let (json, result) = match cli.mode {
         ModeArgs::Once { addr, message } => return once::once(addr, message),
-        ModeArgs::TokioEcho { listen } => {
-            return match tokio_peer::serve(listen) {
+        ModeArgs::TokioEcho { listen, threads } => {
+            return match tokio_peer::serve(listen, usize::from(threads)) {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("loadgen: tokio-echo: {listen}: {e}");
@@ -202,7 +217,7 @@ pub fn main_with_args<I: IntoIterator<Item = String>>(args: I) -> i32 {
             depth,
         } => {
             let plan = Plan::new(Kind::PingPong, &common, conns, size, depth.max(1));
-            (common.json, run(plan))
+            (common.json, threads::run(plan))
         }
         ModeArgs::Stream {
             common,
@@ -210,7 +225,7 @@ pub fn main_with_args<I: IntoIterator<Item = String>>(args: I) -> i32 {
             size,
         } => (
             common.json,
-            run(Plan::new(Kind::Stream, &common, conns, size, 1)),
+            threads::run(Plan::new(Kind::Stream, &common, conns, size, 1)),
         ),
         ModeArgs::Churn {
             common,
@@ -218,7 +233,7 @@ pub fn main_with_args<I: IntoIterator<Item = String>>(args: I) -> i32 {
             size,
         } => (
             common.json,
-            run(Plan::new(Kind::Churn, &common, parallel, size, 1)),
+            threads::run(Plan::new(Kind::Churn, &common, parallel, size, 1)),
         ),
         ModeArgs::Hold {
             common,
@@ -230,7 +245,7 @@ pub fn main_with_args<I: IntoIterator<Item = String>>(args: I) -> i32 {
             let mut plan = Plan::new(Kind::Hold, &common, conns, size, 1);
             plan.active = active.min(conns);
             plan.idle = Duration::from_secs_f64(idle.max(0.0));
-            (common.json, run(plan))
+            (common.json, threads::run(plan))
         }
     };
     match result {
@@ -288,6 +303,9 @@ struct Plan {
     sources: u8,
     max_connecting: usize,
     close: Close,
+    // Threads to split the connections over, and which share this is.
+    threads: usize,
+    part: usize,
 }
 
 impl Plan {
@@ -305,6 +323,8 @@ impl Plan {
             sources: c.sources.max(1),
             max_connecting: c.max_connecting.max(1),
             close: c.close,
+            threads: usize::from(c.threads),
+            part: 0,
         }
     }
 }
@@ -391,8 +411,11 @@ struct Stats {
     hist: Histogram<u64>,
 }
 
-/// Runs one load plan to completion.
-fn run(plan: Plan) -> io::Result<Report> {
+/// Runs one load plan (or one thread's share of it) to completion. With a
+/// `gate`, every share opens its connections, then waits for the others
+/// before the traffic starts; the report comes with its latency histogram
+/// so the shares can be merged.
+fn run_part(plan: Plan, gate: Option<&threads::Gate>) -> io::Result<(Report, Histogram<u64>)> {
     let table = PatternTable::new();
     let mut poll = Poll::new()?;
     let mut events = Events::with_capacity(4096);
@@ -418,7 +441,11 @@ fn run(plan: Plan) -> io::Result<Report> {
     let mut opens = 0usize;
 
     // Phase 1: open the connections, a bounded number of connects at a time.
-    let bar = progress_bar(plan.conns as u64, plan.conns >= 1000, "connecting");
+    let bar = progress_bar(
+        plan.conns as u64,
+        plan.conns >= 1000 && plan.part == 0,
+        "connecting",
+    );
     let open_deadline = Instant::now() + Duration::from_secs(120);
     while connected < plan.conns {
         while opened < plan.conns && opened - connected < plan.max_connecting {
@@ -469,8 +496,12 @@ fn run(plan: Plan) -> io::Result<Report> {
         bar.finish_and_clear();
     }
     let held = clients.len();
-    if plan.kind == Kind::Hold {
-        println!("held {held}");
+    let held_all = match gate {
+        Some(gate) => gate.arrive(held)?,
+        None => held,
+    };
+    if plan.kind == Kind::Hold && plan.part == 0 {
+        println!("held {held_all}");
         let _ = io::stdout().flush();
         let idle_until = Instant::now() + plan.idle;
         while Instant::now() < idle_until {
@@ -534,7 +565,11 @@ fn run(plan: Plan) -> io::Result<Report> {
     let mut running = true;
     let drain_deadline = measure_until + Duration::from_secs(10);
     let total_ms = (plan.warmup + plan.duration).as_millis() as u64;
-    let bar = progress_bar(total_ms, plan.duration >= Duration::from_secs(5), "running");
+    let bar = progress_bar(
+        total_ms,
+        plan.duration >= Duration::from_secs(5) && plan.part == 0,
+        "running",
+    );
     let traffic_started = Instant::now();
     loop {
         let now = Instant::now();
@@ -667,7 +702,7 @@ fn run(plan: Plan) -> io::Result<Report> {
         &mut stats,
     )?;
     let h = &stats.hist;
-    Ok(Report {
+    let report = Report {
         mode: format!("{:?}", plan.kind).to_lowercase(),
         conns: plan.conns,
         active,
@@ -687,7 +722,9 @@ fn run(plan: Plan) -> io::Result<Report> {
         total_msgs: stats.total_msgs,
         close: plan.close,
         unclean_closes: stats.unclean_closes,
-    })
+        threads: 1,
+    };
+    Ok((report, stats.hist))
 }
 
 /// A progress bar on stderr, only on a terminal and only for long phases.

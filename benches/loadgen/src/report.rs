@@ -37,6 +37,8 @@ pub struct Report {
     pub close: Close,
     /// Under `--close fin`: closes that ended in a reset or timed out.
     pub unclean_closes: u64,
+    /// Load generator threads whose results were merged.
+    pub threads: usize,
 }
 
 impl Report {
@@ -54,7 +56,7 @@ impl Report {
             "{{\"mode\":\"{}\",\"conns\":{},\"active\":{},\"size\":{},\"depth\":{},\"seconds\":{:.3},\
              \"msgs\":{},\"bytes\":{},\"msgs_per_sec\":{:.1},\"mb_per_sec\":{:.2},\"p50_us\":{},\
              \"p99_us\":{},\"p999_us\":{},\"max_us\":{},\"latency_samples\":{},\"errors\":{},\
-             \"mismatches\":{},\"held\":{},\"total_msgs\":{},\"close\":\"{}\",\"unclean_closes\":{}}}",
+             \"mismatches\":{},\"held\":{},\"total_msgs\":{},\"close\":\"{}\",\"unclean_closes\":{},\"threads\":{}}}",
             self.mode,
             self.conns,
             self.active,
@@ -75,7 +77,8 @@ impl Report {
             self.held,
             self.total_msgs,
             self.close.name(),
-            self.unclean_closes
+            self.unclean_closes,
+            self.threads
         )
     }
 
@@ -104,6 +107,10 @@ impl Report {
         let close = match self.close {
             Close::Fin => format!("closed with fin, {} unclean", self.unclean_closes),
             Close::Reset => "closed with reset".to_string(),
+        };
+        let shape = match self.threads {
+            1 => shape,
+            n => format!("{shape}, {n} threads"),
         };
         format!(
             "mode {} {shape}\n  {:.0} msgs/s, {:.1} MB/s over {:.2} s ({} msgs)\n  {latency}\n  \
