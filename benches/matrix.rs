@@ -141,7 +141,10 @@ fn cells() -> Vec<Cell> {
     // Multi-loop cells: 2, 4, 8, ... loops up to the machine's cores.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let scaled: [(&'static str, &[&str]); 2] = [
-        ("pingpong 64B x1000", &["pingpong", "-c", "1000", "-s", "64"]),
+        (
+            "pingpong 64B x1000",
+            &["pingpong", "-c", "1000", "-s", "64"],
+        ),
         (
             "pipelined 64B x1000 depth 16",
             &["pingpong", "-c", "1000", "-s", "64", "-d", "16"],
@@ -150,7 +153,13 @@ fn cells() -> Vec<Cell> {
     let mut threads = 2;
     while threads <= cores.max(2) {
         for (base, args) in scaled {
-            let mut c = cell(&format!("{threads} loops: {base}"), args, None, false, false);
+            let mut c = cell(
+                &format!("{threads} loops: {base}"),
+                args,
+                None,
+                false,
+                false,
+            );
             c.threads = threads;
             c.scales = Some(base);
             cells.push(c);
@@ -710,9 +719,10 @@ fn scaling_table(cells: &[Cell], summary: &[[f64; 4]]) -> String {
          |---|---:|---:|---:|---:|---:|\n",
     );
     for base in bases {
-        let rows = cells.iter().zip(summary).filter(|(c, _)| {
-            (c.threads == 1 && c.name == base) || c.scales == Some(base)
-        });
+        let rows = cells
+            .iter()
+            .zip(summary)
+            .filter(|(c, _)| (c.threads == 1 && c.name == base) || c.scales == Some(base));
         for (cell, [e, t, ec, tc]) in rows {
             md.push_str(&format!(
                 "| {base} | {} | {e:.0} | {t:.0} | {:.2} | {ec:.3} / {tc:.3} |\n",
