@@ -160,7 +160,7 @@ pub fn run(
         let name = format!("echoloop-{}", lp.index);
         let thread = thread::Builder::new()
             .name(name)
-            .spawn(move || serve(lp))
+            .spawn(move || serve_or_report(lp))
             .map_err(|e| format!("cannot start a loop thread: {e}"))?;
         handle.thread = Some(thread);
     }
@@ -287,6 +287,18 @@ fn describe(per_loop: &[Stats]) -> String {
     }
     let active: Vec<String> = per_loop.iter().map(|s| s.active.to_string()).collect();
     format!("{total} active_per_loop=[{}]", active.join(","))
+}
+
+/// Runs [`serve`]; should it panic (a bug), tells the supervisor, so the
+/// other loops shut down and the process exits 1 instead of waiting for a
+/// loop that is gone.
+fn serve_or_report(lp: Loop) {
+    let (index, notes, notify) = (lp.index, lp.notes.clone(), lp.notify.clone());
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve(lp))).is_err() {
+        let _ = notes.send(Note::Failed(index, format!("loop {index} panicked")));
+        let _ = notes.send(Note::Finished(index, Stats::default()));
+        let _ = notify.wake();
+    }
 }
 
 /// One loop thread: the single loop of `host.rs`, with a mailbox where the

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use echoloop::config::{
-    DEFAULT_ACCEPTS_PER_TURN, DEFAULT_BUDGET, DEFAULT_MAX_PENDING, DEFAULT_READ_BUFFER,
+    plural, DEFAULT_ACCEPTS_PER_TURN, DEFAULT_BUDGET, DEFAULT_MAX_PENDING, DEFAULT_READ_BUFFER,
     MAX_ACCEPTS_PER_TURN, MAX_BUDGET, MAX_IDLE_TIMEOUT, MAX_MAX_PENDING, MAX_READ_BUFFER,
     MAX_SHUTDOWN_TIMEOUT,
 };
@@ -134,7 +134,10 @@ impl Threads {
                     );
                 }
                 let n = cores.min(MAX_THREADS);
-                (n, format!("--threads auto: {cores} available cores"))
+                (
+                    n,
+                    format!("--threads auto: {}", plural(cores, "available core")),
+                )
             }
         }
     }
