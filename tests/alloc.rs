@@ -16,21 +16,27 @@ use mio::{Events, Poll};
 use common::*;
 use echoloop::Config;
 
-/// Counts allocations made on threads that opted in.
+/// Counts allocations made on threads that opted in, each test into its
+/// own counter (the tests run in parallel in one process).
 struct Counting;
 
 static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+static TWO_LOOP_ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
-    static TRACKED: Cell<bool> = const { Cell::new(false) };
+    static TRACKED: Cell<Option<&'static AtomicU64>> = const { Cell::new(None) };
+}
+
+fn count_one() {
+    if let Some(counter) = TRACKED.with(Cell::get) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 // SAFETY: defers to the system allocator; only adds a counter.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if TRACKED.with(Cell::get) {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
+        count_one();
         // SAFETY: same contract as ours.
         unsafe { System.alloc(layout) }
     }
@@ -41,9 +47,7 @@ unsafe impl GlobalAlloc for Counting {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if TRACKED.with(Cell::get) {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
+        count_one();
         // SAFETY: same contract as ours.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -65,7 +69,7 @@ fn the_echo_path_does_not_allocate_in_the_steady_state() {
     let (probe_tx, probe_rx) = std::sync::mpsc::channel();
     let host = thread::spawn(move || {
         let mut events = Events::with_capacity(256);
-        TRACKED.with(|t| t.set(true));
+        TRACKED.with(|t| t.set(Some(&ALLOCATIONS)));
         // Prove the counter sees this thread's allocations, whatever the
         // timing of the warm-up below (issue 9: it could make none).
         drop(std::hint::black_box(Box::new([0u8; 32])));
@@ -79,7 +83,7 @@ fn the_echo_path_does_not_allocate_in_the_steady_state() {
                 Duration::from_millis(10),
             );
         }
-        TRACKED.with(|t| t.set(false));
+        TRACKED.with(|t| t.set(None));
         server.stats()
     });
 
@@ -162,9 +166,11 @@ fn issue_11_two_loops_do_not_allocate_or_share_per_message() {
                 server.adopt(listener).unwrap();
                 server.register(poll.registry()).unwrap();
                 let mut events = Events::with_capacity(256);
-                TRACKED.with(|t| t.set(true));
+                TRACKED.with(|t| t.set(Some(&TWO_LOOP_ALLOCATIONS)));
                 drop(std::hint::black_box(Box::new([0u8; 32])));
-                probe_tx.send(ALLOCATIONS.load(Ordering::Relaxed)).unwrap();
+                probe_tx
+                    .send(TWO_LOOP_ALLOCATIONS.load(Ordering::Relaxed))
+                    .unwrap();
                 let give_up = Instant::now() + Duration::from_secs(60);
                 while !stop.load(Ordering::Relaxed) && Instant::now() < give_up {
                     host_turn(
@@ -174,7 +180,7 @@ fn issue_11_two_loops_do_not_allocate_or_share_per_message() {
                         Duration::from_millis(10),
                     );
                 }
-                TRACKED.with(|t| t.set(false));
+                TRACKED.with(|t| t.set(None));
                 server.stats()
             })
         })
@@ -196,9 +202,10 @@ fn issue_11_two_loops_do_not_allocate_or_share_per_message() {
     };
     exchange(&mut clients, 100); // warm-up: accepts, slab pages
     thread::sleep(Duration::from_millis(100));
-    let (allocs_before, ops_before) = (ALLOCATIONS.load(Ordering::Relaxed), limit.operations());
+    let allocations = || TWO_LOOP_ALLOCATIONS.load(Ordering::Relaxed);
+    let (allocs_before, ops_before) = (allocations(), limit.operations());
     exchange(&mut clients, 1000);
-    let (allocs_after, ops_after) = (ALLOCATIONS.load(Ordering::Relaxed), limit.operations());
+    let (allocs_after, ops_after) = (allocations(), limit.operations());
     drop(clients);
     let deadline = Instant::now() + Duration::from_secs(20);
     while limit.active() > 0 && Instant::now() < deadline {
