@@ -9,7 +9,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -136,9 +136,13 @@ fn issue_11_shutdown_drains_every_loop_then_fin_and_exit_0() {
             ping(c, b"idle");
         }
         let halfway = Arc::new(AtomicUsize::new(0));
+        // Each client sends half its stream, then waits for the signal to
+        // be sent before the rest: every transfer spans the signal.
+        let signalled = Arc::new(AtomicBool::new(false));
         let clients: Vec<_> = (0..CLIENTS)
             .map(|i| {
                 let halfway = halfway.clone();
+                let signalled = signalled.clone();
                 thread::spawn(move || {
                     let stream = connect(addr);
                     let seed = (round * 100 + i) as u64;
@@ -148,13 +152,21 @@ fn issue_11_shutdown_drains_every_loop_then_fin_and_exit_0() {
                         let mut buf = vec![0u8; 100_000];
                         let mut sent = 0;
                         while sent < TOTAL {
-                            let n = buf.len().min(TOTAL - sent);
+                            if sent >= TOTAL / 2 {
+                                let give_up = Instant::now() + Duration::from_secs(30);
+                                while !signalled.load(Ordering::SeqCst) {
+                                    assert!(Instant::now() < give_up, "no signal");
+                                    thread::sleep(Duration::from_millis(1));
+                                }
+                            }
+                            let end = if sent < TOTAL / 2 { TOTAL / 2 } else { TOTAL };
+                            let n = buf.len().min(end - sent);
                             pattern.fill(&mut buf[..n]);
                             writer.write_all(&buf[..n]).expect("send");
                             sent += n;
                         }
                     });
-                    let got = read_verified(&stream, seed, TOTAL / 4);
+                    let got = read_verified(&stream, seed, TOTAL / 2);
                     halfway.fetch_add(1, Ordering::SeqCst);
                     // The rest of the stream continues its pattern.
                     let mut rest = Pattern::new(seed);
@@ -193,6 +205,7 @@ fn issue_11_shutdown_drains_every_loop_then_fin_and_exit_0() {
         assert_eq!(loops.iter().sum::<u64>(), (CLIENTS + 64) as u64, "{log}");
         assert!(loops.iter().all(|&n| n > 0), "a loop had nothing: {log}");
         server.signal(libc::SIGTERM);
+        signalled.store(true, Ordering::SeqCst);
         // Quiet connections get an orderly FIN in every loop.
         for c in &mut idle {
             let mut buf = [0u8; 8];
