@@ -2,15 +2,21 @@
 # User-space memory per idle connection: server RSS with N idle connections
 # minus RSS with none, divided by N.
 #
-#   bash benches/idle-memory.sh [N]      # default 10000
+#   bash benches/idle-memory.sh [N] [THREADS]   # default 10000 connections, 1 loop
+#
+# THREADS above 1 runs `echoloop --threads THREADS`; the connections spread
+# over its loops (each loop's count is printed from the stats line). The load
+# generator holds all N in one process, so N must stay under its open-files
+# limit (20,000 here: 19,000 works).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n="${1:-10000}"
+threads="${2:-1}"
 cargo build --release -q -p echoloop -p echoloop-loadgen
 out=$(mktemp)
-target/release/echoloop --listen 127.0.0.1:0 >"$out" 2>/dev/null &
+target/release/echoloop --listen 127.0.0.1:0 --threads "$threads" >"$out" 2>"$out.log" &
 pid=$!
-trap 'kill $pid 2>/dev/null || true; rm -f "$out" "$out.load"' EXIT
+trap 'kill $pid 2>/dev/null || true; rm -f "$out" "$out.load" "$out.log"' EXIT
 for _ in $(seq 50); do grep -q listening "$out" && break; sleep 0.1; done
 addr=$(sed -n 's/^listening on //p' "$out" | head -1)
 rss() { awk '/^VmRSS:/ {print $2 * 1024}' "/proc/$pid/status"; }
@@ -21,7 +27,10 @@ load=$!
 for _ in $(seq 600); do grep -q '^held' "$out.load" && break; sleep 0.1; done
 sleep 1
 held=$(rss)
+kill -USR1 $pid
+sleep 0.3
+spread=$(grep -o 'active_per_loop=\[[0-9,]*\]' "$out.log" | tail -1 || true)
 wait $load || true
-awk -v e="$empty" -v h="$held" -v n="$n" 'BEGIN {
-    printf "RSS empty %d B, with %d idle connections %d B: %.1f bytes per connection\n", e, n, h, (h - e) / n
+awk -v e="$empty" -v h="$held" -v n="$n" -v t="$threads" -v s="$spread" 'BEGIN {
+    printf "RSS empty %d B, with %d idle connections on %d loop(s) %d B: %.1f bytes per connection %s\n", e, n, t, h, (h - e) / n, s
 }'

@@ -13,6 +13,13 @@
 //! cargo bench --bench matrix -- --redraw docs/bench-results.json  # chart only
 //! cargo bench --bench matrix -- --runs 1 --duration 1 --only pingpong
 //! ```
+//! Cells named "N loops: ..." run `echoloop --threads N` against tokio's
+//! `multi_thread` runtime with N workers, driven by the load generator with
+//! `--threads N`; nothing is pinned there, so on a 2-core machine server
+//! and load generator share both cores. They are generated for 2, 4, 8, ...
+//! up to the machine's cores, and the scaling table under the matrix sets
+//! them beside the pinned 1-loop cells.
+//!
 //! Server syscalls per message (ping-pong 64 B x 100) are counted with
 //! `perf stat -e raw_syscalls:sys_enter` when perf is installed.
 //! Load runs end with resets (`loadgen ... --close reset`), so no TIME_WAIT
@@ -46,8 +53,13 @@ impl Peer {
 }
 
 struct Cell {
-    name: &'static str,
+    name: String,
     args: Vec<String>,
+    /// Server loops (tokio workers) and load generator threads; 1 is the
+    /// pinned layout, more runs everything unpinned.
+    threads: usize,
+    /// For multi-loop cells: the name of the 1-loop cell they scale.
+    scales: Option<&'static str>,
     /// Connections, for the chart (ping-pong depth-1 cells only).
     chart_conns: Option<usize>,
     /// Measure idle memory per connection (hold cell).
@@ -59,9 +71,11 @@ struct Cell {
 }
 
 fn cells() -> Vec<Cell> {
-    let cell = |name, args: &[&str], chart_conns, hold, syscalls| Cell {
-        name,
+    let cell = |name: &str, args: &[&str], chart_conns, hold, syscalls| Cell {
+        name: name.to_string(),
         args: args.iter().map(|s| s.to_string()).collect(),
+        threads: 1,
+        scales: None,
         chart_conns,
         hold,
         syscalls,
@@ -139,6 +153,34 @@ fn cells() -> Vec<Cell> {
             false,
         )
     });
+    // Multi-loop cells: 2, 4, 8, ... loops up to the machine's cores.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let scaled: [(&'static str, &[&str]); 2] = [
+        (
+            "pingpong 64B x1000",
+            &["pingpong", "-c", "1000", "-s", "64"],
+        ),
+        (
+            "pipelined 64B x1000 depth 16",
+            &["pingpong", "-c", "1000", "-s", "64", "-d", "16"],
+        ),
+    ];
+    let mut threads = 2;
+    while threads <= cores.max(2) {
+        for (base, args) in scaled {
+            let mut c = cell(
+                &format!("{threads} loops: {base}"),
+                args,
+                None,
+                false,
+                false,
+            );
+            c.threads = threads;
+            c.scales = Some(base);
+            cells.push(c);
+        }
+        threads *= 2;
+    }
     cells
 }
 
@@ -312,22 +354,36 @@ struct Server {
 }
 
 impl Server {
-    /// Starts `peer`; with `udp`, serving UDP echo, and `addr` is the UDP one.
-    fn start(peer: Peer, udp: bool) -> Server {
+    /// Starts `peer` with `threads` loops (tokio workers): pinned to
+    /// `SERVER_CORE` for one, unpinned for more. With `udp`, it serves UDP
+    /// echo too, and `addr` is the UDP one.
+    fn start(peer: Peer, threads: usize, udp: bool) -> Server {
+        let placed = |program: PathBuf| match threads {
+            1 => pinned(program, SERVER_CORE),
+            _ => Command::new(program),
+        };
+        let n = threads.to_string();
         let mut cmd = match peer {
             Peer::Echoloop => {
-                let mut cmd = pinned(env!("CARGO_BIN_EXE_echoloop"), SERVER_CORE);
+                let mut cmd = placed(env!("CARGO_BIN_EXE_echoloop").into());
                 cmd.args(["--listen", "127.0.0.1:0"])
                     .env("RUST_LOG", "warn");
                 if udp {
                     cmd.args(["--udp", "127.0.0.1:0"]);
                 }
+                if threads > 1 {
+                    cmd.args(["--threads", &n]);
+                }
                 cmd
             }
             Peer::Tokio => {
-                let mut cmd = pinned(std::env::current_exe().expect("own path"), SERVER_CORE);
-                let mode = if udp { "tokio-udp-echo" } else { "tokio-echo" };
-                cmd.args(["loadgen", mode, "--listen", "127.0.0.1:0"]);
+                let mut cmd = placed(std::env::current_exe().expect("own path"));
+                if udp {
+                    cmd.args(["loadgen", "tokio-udp-echo", "--listen", "127.0.0.1:0"]);
+                } else {
+                    cmd.args(["loadgen", "tokio-echo", "--listen", "127.0.0.1:0"]);
+                    cmd.args(["--threads", &n]);
+                }
                 cmd
             }
         };
@@ -399,7 +455,7 @@ impl Drop for Server {
 }
 
 fn measure(cell: &Cell, peer: Peer, have_perf: bool, duration: f64) -> Sample {
-    let server = Server::start(peer, cell.udp);
+    let server = Server::start(peer, cell.threads, cell.udp);
     std::thread::sleep(Duration::from_millis(100));
     let rss_empty = server.rss();
     let count = cell.syscalls && have_perf;
@@ -466,6 +522,9 @@ fn run_load(server: &Server, cell: &Cell, duration: f64, perf: bool, rss_empty: 
     // of each in TIME_WAIT and run out of ports. Every cell closes the same
     // way, so the figures stay comparable with each other and earlier runs.
     args.extend(["--close".into(), "reset".into()]);
+    if cell.threads > 1 {
+        args.extend(["--threads".into(), cell.threads.to_string()]);
+    }
     if perf {
         // Count the whole traffic phase against every message it echoed.
         args.extend(["--warmup".into(), "0".into()]);
@@ -485,7 +544,11 @@ fn run_load(server: &Server, cell: &Cell, duration: f64, perf: bool, rss_empty: 
         (child, out)
     });
     let cpu_before = server.cpu_us();
-    let mut load = pinned(std::env::current_exe().expect("own path"), LOAD_CORE)
+    let mut load = match cell.threads {
+        1 => pinned(std::env::current_exe().expect("own path"), LOAD_CORE),
+        _ => Command::new(std::env::current_exe().expect("own path")),
+    };
+    let mut load = load
         .args(&args[..])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -565,6 +628,8 @@ impl Report {
         let mut json = String::from("{\"cells\":[");
         let mut chart = Vec::new();
         let mut extras = String::new();
+        // Per cell: echoloop and tokio msgs/s, then their CPU us/msg.
+        let mut summary: Vec<[f64; 4]> = Vec::new();
         for (i, cell) in cells.iter().enumerate() {
             let get = |peer, f: fn(&Sample) -> f64| -> f64 {
                 median(
@@ -601,6 +666,7 @@ impl Report {
                 get(Peer::Echoloop, |s| s.cpu_us_per_msg),
                 get(Peer::Tokio, |s| s.cpu_us_per_msg),
             );
+            summary.push([e_msgs, t_msgs, e_cpu, t_cpu]);
             md.push_str(&format!(
                 "| {} | {:.0} | {:.0} | {:.2} | {:.1} | {:.1} | {:.0} | {:.0} | {:.3} / {:.3} | {:.0} |\n",
                 cell.name, e_msgs, t_msgs, ratio, e_mb, t_mb, e_p99, t_p99, e_cpu, t_cpu, errors
@@ -659,12 +725,46 @@ impl Report {
         ));
         md.push('\n');
         md.push_str(&extras);
+        md.push_str(&scaling_table(cells, &summary));
         Report {
             markdown: md,
             json,
             chart,
         }
     }
+}
+
+/// The scaling table: each multi-loop cell beside the pinned 1-loop cell it
+/// scales (when that ran too); empty without multi-loop cells.
+fn scaling_table(cells: &[Cell], summary: &[[f64; 4]]) -> String {
+    let mut bases: Vec<&str> = cells.iter().filter_map(|c| c.scales).collect();
+    bases.dedup();
+    if bases.is_empty() {
+        return String::new();
+    }
+    let mut md = String::from(
+        "\nScaling: N loops (`echoloop --threads N`) against tokio `multi_thread` with N workers, \
+         the load generator with N threads, nothing pinned; the 1-loop rows are the pinned cells \
+         above (server on core 0, load generator on core 1). On a 2-core machine the N-loop rows \
+         share both cores between servers and load generator, so they show what the layout costs \
+         there, not what more cores would give.\n\n\
+         | workload | loops | echoloop msgs/s | tokio msgs/s | ratio | server CPU us/msg echoloop / tokio |\n\
+         |---|---:|---:|---:|---:|---:|\n",
+    );
+    for base in bases {
+        let rows = cells
+            .iter()
+            .zip(summary)
+            .filter(|(c, _)| (c.threads == 1 && c.name == base) || c.scales == Some(base));
+        for (cell, [e, t, ec, tc]) in rows {
+            md.push_str(&format!(
+                "| {base} | {} | {e:.0} | {t:.0} | {:.2} | {ec:.3} / {tc:.3} |\n",
+                cell.threads,
+                e / t
+            ));
+        }
+    }
+    md
 }
 
 fn json_num(v: Option<f64>) -> String {

@@ -63,9 +63,11 @@
 //! accepts (and backs off when descriptors run out), `drive.rs` runs one
 //! connection's turn around [`Connection::drive`] and is the one place that
 //! closes, `deadlines.rs` keeps the idle deadlines, `shutdown.rs` the orderly
-//! shutdown, `udp.rs` the UDP echo, and `stats.rs` the counters. `src/stream.rs` says what a
-//! connection needs from its socket: on Linux its `recv` and `send` go
-//! straight to libc, the two calls each echoed message makes.
+//! shutdown, `udp.rs` the UDP echo, and `stats.rs` the counters;
+//! `reuseport.rs` and `limit.rs` serve hosts that run several loops
+//! (below). `src/stream.rs` says what a connection needs from its socket:
+//! on Linux its `recv` and `send` go straight to libc, the two calls each
+//! echoed message makes.
 //!
 //! # Rules of readiness I/O this crate follows
 //!
@@ -89,12 +91,88 @@
 //!   was echoed"; a connection cut short is reset (`SO_LINGER 0`) instead.
 //! * Deregister before closing, in one place.
 //!
+//! # Several loops: one per core
+//!
+//! One loop uses one core. To use more, a host runs N servers on N
+//! threads, each with its own `Poll`, its own [`EchoServer`] and its own
+//! listening socket per address, all on one port with `SO_REUSEPORT`
+//! ([`server::listener_group`]), so the kernel spreads new connections over
+//! them. They share nothing per message; a [`server::SharedLimit`] keeps
+//! the connection limit exact over all of them and is touched only when a
+//! connection is admitted or closed. Each loop stays the single-threaded
+//! loop above. The `echoloop` binary's `--threads N` is the worked example
+//! (`src/bin/echoloop/loops.rs`: signals handled once on the main thread,
+//! each loop woken through its own `Waker`, counters summed with `+=` on
+//! [`Stats`]). Two rules: close the listeners of a group together (closing
+//! one resets the connections queued on it), and on platforms whose
+//! `SO_REUSEPORT` does not balance (anything but Linux here) run one loop.
+//!
+//! ```
+//! # #[cfg(target_os = "linux")] {
+//! use std::io::{Read, Write};
+//! use std::sync::atomic::{AtomicBool, Ordering};
+//! use std::sync::Arc;
+//! use std::time::Instant;
+//! use mio::{Events, Poll, Token, Waker};
+//! use echoloop::server::{listener_group, SharedLimit};
+//! use echoloop::{Config, EchoServer, Stats};
+//!
+//! const WAKE: Token = Token(0);
+//! let limit = SharedLimit::new(1000); // over both loops
+//! let group = listener_group("127.0.0.1:0".parse().unwrap(), 2)?;
+//! let addr = group[0].local_addr()?;
+//! let stop = Arc::new(AtomicBool::new(false));
+//! let mut loops = Vec::new();
+//! for listener in group {
+//!     let poll = Poll::new()?;
+//!     let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
+//!     let mut server = EchoServer::with_shared_limit(Config::default(), Token(1), limit.clone());
+//!     server.adopt(listener)?;
+//!     server.register(poll.registry())?;
+//!     let stop = stop.clone();
+//!     let thread = std::thread::spawn(move || -> std::io::Result<Stats> {
+//!         let (mut poll, mut events) = (poll, Events::with_capacity(256));
+//!         loop {
+//!             poll.poll(&mut events, server.poll_timeout(Instant::now()))?;
+//!             let now = Instant::now();
+//!             for event in events.iter() {
+//!                 if server.owns(event.token()) {
+//!                     server.handle_event(poll.registry(), event, now)?;
+//!                 } else if event.token() == WAKE && stop.load(Ordering::Acquire) {
+//!                     server.begin_shutdown(poll.registry(), now);
+//!                 }
+//!             }
+//!             server.handle_timeout(poll.registry(), now)?;
+//!             if server.is_finished() {
+//!                 return Ok(server.stats());
+//!             }
+//!         }
+//!     });
+//!     loops.push((waker, thread));
+//! }
+//! let mut client = std::net::TcpStream::connect(addr)?;
+//! client.write_all(b"ping")?;
+//! let mut reply = [0u8; 4];
+//! client.read_exact(&mut reply)?;
+//! assert_eq!(&reply, b"ping");
+//! drop(client);
+//! // Shut every loop down at once: the group's listeners close together.
+//! stop.store(true, Ordering::Release);
+//! let mut total = Stats::default();
+//! for (waker, thread) in loops {
+//!     waker.wake()?;
+//!     total += thread.join().unwrap()?;
+//! }
+//! assert_eq!((total.accepted, total.bytes_out), (1, 4));
+//! # }
+//! # Ok::<(), std::io::Error>(())
+//! ```
+//!
 //! # What it deliberately does not do
 //!
-//! No threads, no async runtime, no TLS, no protocol beyond
-//! bytes-in-bytes-out, no configuration files. Scaling over cores is left to
-//! running several processes (with `SO_REUSEPORT` on an adopted listener
-//! or UDP socket, see [`EchoServer::adopt`] and [`EchoServer::adopt_udp`]).
+//! No hidden threads (a host that wants several loops starts them, as
+//! above), no async runtime, no TLS, no protocol beyond bytes-in-bytes-out
+//! (and datagrams-in-datagrams-out), no configuration files.
 //!
 //! # UDP echo
 //!
@@ -106,6 +184,8 @@
 //! socket will not take is dropped and counted, never queued; datagrams
 //! from source port 0, from our own ports, or from the ports of services
 //! that answer or amplify ([`server::refused_source_port`]) are refused.
+//! Several loops each adopt their own UDP socket of one `SO_REUSEPORT`
+//! group ([`server::udp_group`]).
 #![deny(missing_docs)]
 
 pub mod config;

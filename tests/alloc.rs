@@ -16,21 +16,27 @@ use mio::{Events, Poll};
 use common::*;
 use echoloop::Config;
 
-/// Counts allocations made on threads that opted in.
+/// Counts allocations made on threads that opted in, each test into its
+/// own counter (the tests run in parallel in one process).
 struct Counting;
 
 static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+static TWO_LOOP_ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
-    static TRACKED: Cell<bool> = const { Cell::new(false) };
+    static TRACKED: Cell<Option<&'static AtomicU64>> = const { Cell::new(None) };
+}
+
+fn count_one() {
+    if let Some(counter) = TRACKED.with(Cell::get) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 // SAFETY: defers to the system allocator; only adds a counter.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if TRACKED.with(Cell::get) {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
+        count_one();
         // SAFETY: same contract as ours.
         unsafe { System.alloc(layout) }
     }
@@ -41,9 +47,7 @@ unsafe impl GlobalAlloc for Counting {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if TRACKED.with(Cell::get) {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
+        count_one();
         // SAFETY: same contract as ours.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -65,7 +69,7 @@ fn the_echo_path_does_not_allocate_in_the_steady_state() {
     let (probe_tx, probe_rx) = std::sync::mpsc::channel();
     let host = thread::spawn(move || {
         let mut events = Events::with_capacity(256);
-        TRACKED.with(|t| t.set(true));
+        TRACKED.with(|t| t.set(Some(&ALLOCATIONS)));
         // Prove the counter sees this thread's allocations, whatever the
         // timing of the warm-up below (issue 9: it could make none).
         drop(std::hint::black_box(Box::new([0u8; 32])));
@@ -79,7 +83,7 @@ fn the_echo_path_does_not_allocate_in_the_steady_state() {
                 Duration::from_millis(10),
             );
         }
-        TRACKED.with(|t| t.set(false));
+        TRACKED.with(|t| t.set(None));
         server.stats()
     });
 
@@ -131,5 +135,111 @@ fn the_echo_path_does_not_allocate_in_the_steady_state() {
         after_bulk - after_ping <= 4,
         "{} allocations while echoing 8 MiB on one new connection",
         after_bulk - after_ping
+    );
+}
+
+/// Issue 11: two servers on two threads behind one port (a `listener_group`),
+/// sharing one `SharedLimit`, as `--threads 2` runs them. Neither thread
+/// allocates while echoing, and the shared limit is touched only when a
+/// connection is admitted or closed: its operation count does not move
+/// during 40,000 echoes and equals accepts plus closes at the end.
+#[test]
+fn issue_11_two_loops_do_not_allocate_or_share_per_message() {
+    use echoloop::server::{listener_group, SharedLimit};
+    use echoloop::EchoServer;
+
+    let limit = SharedLimit::new(1000);
+    let group = listener_group("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+    let addr = group[0].local_addr().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (probe_tx, probe_rx) = std::sync::mpsc::channel();
+    let hosts: Vec<_> = group
+        .into_iter()
+        .map(|listener| {
+            let limit = limit.clone();
+            let stop = stop.clone();
+            let probe_tx = probe_tx.clone();
+            thread::spawn(move || {
+                let mut poll = Poll::new().unwrap();
+                let mut server =
+                    EchoServer::with_shared_limit(Config::default(), mio::Token(0), limit);
+                server.adopt(listener).unwrap();
+                server.register(poll.registry()).unwrap();
+                let mut events = Events::with_capacity(256);
+                TRACKED.with(|t| t.set(Some(&TWO_LOOP_ALLOCATIONS)));
+                drop(std::hint::black_box(Box::new([0u8; 32])));
+                probe_tx
+                    .send(TWO_LOOP_ALLOCATIONS.load(Ordering::Relaxed))
+                    .unwrap();
+                let give_up = Instant::now() + Duration::from_secs(60);
+                while !stop.load(Ordering::Relaxed) && Instant::now() < give_up {
+                    host_turn(
+                        &mut server,
+                        &mut poll,
+                        &mut events,
+                        Duration::from_millis(10),
+                    );
+                }
+                TRACKED.with(|t| t.set(None));
+                server.stats()
+            })
+        })
+        .collect();
+    let probed: Vec<u64> = (0..2).map(|_| probe_rx.recv().unwrap()).collect();
+    let mut clients: Vec<_> = (0..40).map(|_| connect(addr)).collect();
+    let msg = [9u8; 64];
+    let mut back = [0u8; 64];
+    let mut exchange = |clients: &mut Vec<std::net::TcpStream>, rounds: usize| {
+        for _ in 0..rounds {
+            for c in clients.iter_mut() {
+                c.write_all(&msg).unwrap();
+            }
+            for c in clients.iter_mut() {
+                c.read_exact(&mut back).unwrap();
+                assert_eq!(back, msg);
+            }
+        }
+    };
+    exchange(&mut clients, 100); // warm-up: accepts, slab pages
+    thread::sleep(Duration::from_millis(100));
+    let allocations = || TWO_LOOP_ALLOCATIONS.load(Ordering::Relaxed);
+    let (allocs_before, ops_before) = (allocations(), limit.operations());
+    exchange(&mut clients, 1000);
+    let (allocs_after, ops_after) = (allocations(), limit.operations());
+    drop(clients);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while limit.active() > 0 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(10));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let stats: Vec<_> = hosts.into_iter().map(|h| h.join().unwrap()).collect();
+    assert!(
+        probed.iter().all(|&p| p > 0),
+        "the counting allocator saw nothing"
+    );
+    assert!(
+        stats.iter().all(|s| s.accepted > 0),
+        "one loop got no connection: {stats:?}"
+    );
+    assert_eq!(
+        allocs_after - allocs_before,
+        0,
+        "allocations during 40,000 echoes"
+    );
+    assert_eq!(
+        ops_after - ops_before,
+        0,
+        "the shared limit was touched per message"
+    );
+    let total = stats[0] + stats[1];
+    let closes = total.closed_by_peer
+        + total.closed_by_error
+        + total.closed_by_idle
+        + total.closed_by_shutdown;
+    assert_eq!((total.accepted, closes, limit.active()), (40, 40, 0));
+    assert_eq!(
+        limit.operations(),
+        total.accepted + total.rejected + closes,
+        "shared-limit operations other than admit and close"
     );
 }

@@ -25,7 +25,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry};
 
 use super::drive::{with_urgent, REG_READ};
-use super::EchoServer;
+use super::{EchoServer, SharedLimit};
 use crate::connection::Connection;
 use crate::token::MAX_LISTENERS;
 
@@ -69,6 +69,9 @@ pub(super) struct Backoff {
     pub(super) delay: Duration,
     // A connection closed, so a descriptor is free: retry now.
     pub(super) retry_now: bool,
+    // With a shared limit: the loops' close count when this episode began;
+    // once it moves, another loop freed a descriptor.
+    pub(super) closes_seen: Option<u64>,
 }
 
 impl EchoServer {
@@ -89,16 +92,7 @@ impl EchoServer {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn bind(&mut self, addr: SocketAddr) -> io::Result<SocketAddr> {
-        use socket2::{Domain, Protocol, Socket, Type};
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-        socket.set_reuse_address(true)?;
-        if addr.is_ipv6() {
-            socket.set_only_v6(true)?;
-        }
-        socket.bind(&addr.into())?;
-        socket.listen(1024)?;
-        socket.set_nonblocking(true)?;
-        self.adopt(TcpListener::from_std(socket.into()))
+        self.adopt(super::reuseport::listening(addr, false)?)
     }
 
     /// Adopts a listener the host bound itself (custom backlog, inherited
@@ -188,12 +182,17 @@ impl EchoServer {
         peer: SocketAddr,
         now: Instant,
     ) {
-        if self.conns.len() >= self.config.max_connections || self.shutdown.is_some() {
+        // Shared with other loops: one atomic step at admit, one at close.
+        let over_shared = || self.shared.as_ref().is_some_and(|s| !s.try_acquire());
+        if self.conns.len() >= self.config.max_connections
+            || self.shutdown.is_some()
+            || over_shared()
+        {
             self.stats.rejected += 1;
             if !self.over_limit_warned {
                 warn!(
                     "connection limit ({}) reached: closing new connections at once",
-                    self.config.max_connections
+                    self.limit()
                 );
                 self.over_limit_warned = true;
             }
@@ -206,6 +205,7 @@ impl EchoServer {
             if let Err(err) = stream.set_nodelay(true) {
                 debug!("{peer}: closed, TCP_NODELAY failed: {err}");
                 self.stats.accept_errors += 1;
+                self.release_shared();
                 return;
             }
         }
@@ -220,6 +220,7 @@ impl EchoServer {
         if let Err(err) = registry.register(&mut stream, token, with_urgent(Interest::READABLE)) {
             debug!("{peer}: closed, register failed: {err}");
             self.stats.accept_errors += 1;
+            self.release_shared();
             return;
         }
         let mut conn = Connection::new(stream);
@@ -232,12 +233,13 @@ impl EchoServer {
         debug!("connection {key}: accepted from {peer}");
     }
 
-    fn back_off(&mut self, now: Instant, err: &io::Error) {
+    pub(super) fn back_off(&mut self, now: Instant, err: &io::Error) {
         match self.backoff.as_mut() {
             Some(backoff) => {
                 backoff.delay = backoff.delay.saturating_mul(2).min(BACKOFF_MAX);
                 backoff.until = now.checked_add(backoff.delay).unwrap_or(now);
                 backoff.retry_now = false;
+                backoff.closes_seen = self.shared.as_ref().map(SharedLimit::closes);
                 debug!(
                     "accept: still out of descriptors, next try in {:?}",
                     backoff.delay
@@ -255,6 +257,7 @@ impl EchoServer {
                     until: now.checked_add(BACKOFF_START).unwrap_or(now),
                     delay: BACKOFF_START,
                     retry_now: false,
+                    closes_seen: self.shared.as_ref().map(SharedLimit::closes),
                 });
             }
         }
@@ -266,6 +269,8 @@ impl EchoServer {
     pub(super) fn accept_due(&mut self, registry: &Registry, now: Instant) -> io::Result<()> {
         let retrying = match self.backoff.as_ref() {
             Some(backoff) if backoff.retry_now || now >= backoff.until => true,
+            // Another loop sharing our descriptor table closed one.
+            Some(backoff) if self.closed_elsewhere(backoff) => true,
             Some(_) => return Ok(()),
             None => false,
         };
@@ -281,6 +286,36 @@ impl EchoServer {
             info!("accept: descriptors available again");
         }
         Ok(())
+    }
+}
+
+impl EchoServer {
+    /// The connection limit in force: the shared one if there is one.
+    pub(super) fn limit(&self) -> usize {
+        self.shared
+            .as_ref()
+            .map_or(self.config.max_connections, SharedLimit::max)
+    }
+
+    /// Connections open under [`EchoServer::limit`]: over every loop when shared.
+    pub(super) fn open_under_limit(&self) -> usize {
+        self.shared
+            .as_ref()
+            .map_or(self.conns.len(), SharedLimit::active)
+    }
+
+    /// A connection left (or never made it past admit): give its shared slot back.
+    pub(super) fn release_shared(&self) {
+        if let Some(shared) = &self.shared {
+            shared.release();
+        }
+    }
+
+    pub(super) fn closed_elsewhere(&self, backoff: &Backoff) -> bool {
+        match (&self.shared, backoff.closes_seen) {
+            (Some(shared), Some(seen)) => shared.closes() != seen,
+            _ => false,
+        }
     }
 }
 

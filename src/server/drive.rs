@@ -125,6 +125,7 @@ impl EchoServer {
     // it, and the one place that decides between FIN and reset.
     pub(super) fn close(&mut self, registry: &Registry, key: usize, reason: Reason) {
         let mut conn = self.conns.remove(key);
+        self.release_shared();
         if let Err(err) = registry.deregister(conn.stream_mut()) {
             debug!("connection {key}: deregister failed: {err}");
         }
@@ -158,7 +159,8 @@ impl EchoServer {
         *counter += 1;
         // A new episode of "limit reached" is warned about only once the
         // server has had real room again, so churn at the limit cannot spam.
-        if self.conns.len() < self.config.max_connections - self.config.max_connections / 10 {
+        let limit = self.limit();
+        if self.open_under_limit() < limit - limit / 10 {
             self.over_limit_warned = false;
         }
         // A descriptor was just freed: if accept ran out of them, retry now.

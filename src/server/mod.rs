@@ -23,6 +23,10 @@
 //!   protection, a per-turn datagram budget; `rate.rs` its optional
 //!   per-source rate limit.
 //! * `stats.rs`: the counters.
+//! * `reuseport.rs`: listening sockets, and a `SO_REUSEPORT` group of them
+//!   on one port for a host that runs several loops (its traps).
+//! * `limit.rs`: what servers on several threads share (one connection
+//!   limit, the news that a descriptor was freed); unused by one loop.
 //!
 //! The echo itself is `Connection::drive` in `connection.rs`, which never
 //! sees a `Registry`.
@@ -45,11 +49,15 @@ use crate::token::{Target, Tokens};
 mod accept;
 mod deadlines;
 mod drive;
+mod limit;
 mod rate;
+mod reuseport;
 mod shutdown;
 mod stats;
 mod udp;
 
+pub use limit::{SharedLimit, SHARED_RETRY_CHECK};
+pub use reuseport::{listener_group, udp_group, MAX_GROUP, REUSEPORT_BALANCES};
 pub use shutdown::SHUTDOWN_QUIET;
 pub use stats::Stats;
 pub use udp::{refused_source_port, MAX_UDP_SOCKETS, UDP_BUFFER, UDP_DATAGRAMS_PER_TURN};
@@ -123,6 +131,8 @@ pub struct EchoServer {
     over_limit_warned: bool,
     // UDP sockets and their receive buffer (empty without UDP).
     udp: Udp,
+    // Some when this server is one of several loops sharing one limit.
+    shared: Option<SharedLimit>,
     stats: Stats,
 }
 
@@ -163,8 +173,35 @@ impl EchoServer {
             shutdown: None,
             over_limit_warned: false,
             udp: Udp::default(),
+            shared: None,
             stats: Stats::default(),
         }
+    }
+
+    /// Creates a server, like [`EchoServer::new`], that is one of several
+    /// loops sharing `limit`: at most `limit.max()` connections over all of
+    /// them (and at most `config.max_connections` in this one). The servers
+    /// touch `limit` only when they admit or close a connection, and a
+    /// server backed off for lack of descriptors also notices the others'
+    /// closes (see [`SharedLimit`]). Run each server on its own thread with
+    /// its own `Poll`; the crate docs show the whole host.
+    ///
+    /// # Panics
+    /// As [`EchoServer::new`].
+    ///
+    /// ```
+    /// use echoloop::server::SharedLimit;
+    /// use echoloop::{Config, EchoServer};
+    /// let limit = SharedLimit::new(8);
+    /// let a = EchoServer::with_shared_limit(Config::default(), mio::Token(0), limit.clone());
+    /// let b = EchoServer::with_shared_limit(Config::default(), mio::Token(0), limit.clone());
+    /// assert_eq!(limit.active(), 0);
+    /// # drop((a, b));
+    /// ```
+    pub fn with_shared_limit(config: Config, base: Token, limit: SharedLimit) -> EchoServer {
+        let mut server = EchoServer::new(config, base);
+        server.shared = Some(limit);
+        server
     }
 
     /// Registers every listener and UDP socket not registered yet with
@@ -278,8 +315,14 @@ impl EchoServer {
             }
             _ => (None, None),
         };
+        // Sharing the descriptor table: look for other loops' closes soon.
+        let shared_check = match (&self.backoff, &self.shared) {
+            (Some(_), Some(_)) => now.checked_add(SHARED_RETRY_CHECK),
+            _ => None,
+        };
         [
             self.backoff.as_ref().map(|b| b.until),
+            shared_check,
             idle,
             deadline,
             sweep,
@@ -333,6 +376,16 @@ impl EchoServer {
 
     fn keys(&self) -> Vec<usize> {
         self.conns.iter().map(|(key, _)| key).collect()
+    }
+}
+
+impl Drop for EchoServer {
+    // Connections dropped with the server give their shared slots back, so
+    // the other loops may use them.
+    fn drop(&mut self) {
+        if let Some(shared) = &self.shared {
+            shared.release_many(self.conns.len());
+        }
     }
 }
 

@@ -6,7 +6,8 @@
 //! From then on `handle_timeout` (in `mod.rs`) calls `finish_quiet` every
 //! `QUIET_SWEEP`, and `close_all` at the deadline. Whether a close ends in a
 //! FIN or a reset is decided by `close` in `drive.rs`, with `unread` from
-//! here. The binary's signals are in `main.rs`.
+//! here. The binary's signals are in `src/bin/echoloop/host.rs` (one loop)
+//! and `loops.rs` (several).
 
 use std::io;
 use std::time::{Duration, Instant};

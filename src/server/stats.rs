@@ -1,9 +1,11 @@
 //! The counters: [`Stats`], what [`EchoServer::stats`] returns and the
 //! binary logs as its `stats:` line. `count` adds up one drive's progress;
 //! the other counters are bumped where their event happens (accept, close,
-//! back-off), next to the code that decides it.
+//! back-off), next to the code that decides it. `+=` sums the counters of
+//! several loops.
 
 use std::fmt;
+use std::ops::{Add, AddAssign};
 use std::time::Duration;
 
 use super::EchoServer;
@@ -115,6 +117,88 @@ impl fmt::Display for Stats {
             self.udp_errors,
             self.udp_yields,
         )
+    }
+}
+
+/// Sums counters, e.g. of several loops into one line for the process.
+/// Every field adds (`active` too: the connections open over all of them).
+///
+/// ```
+/// use echoloop::Stats;
+/// let a = Stats { accepted: 3, active: 1, ..Stats::default() };
+/// let b = Stats { accepted: 2, active: 2, ..Stats::default() };
+/// let mut total = a;
+/// total += b;
+/// assert_eq!((total.accepted, total.active), (5, 3));
+/// assert_eq!(total, a + b);
+/// ```
+impl AddAssign for Stats {
+    fn add_assign(&mut self, other: Stats) {
+        // Listed field by field with no `..`: a new counter does not compile
+        // until it is summed here too.
+        let Stats {
+            accepted,
+            rejected,
+            active,
+            closed_by_peer,
+            closed_by_error,
+            closed_by_idle,
+            closed_by_shutdown,
+            closed_with_reset,
+            bytes_in,
+            bytes_out,
+            backpressure_pauses,
+            accept_backoffs,
+            backed_off,
+            budget_yields,
+            accept_yields,
+            accept_errors,
+            udp_datagrams_in,
+            udp_datagrams_out,
+            udp_bytes_in,
+            udp_bytes_out,
+            udp_dropped,
+            udp_refused,
+            udp_truncated,
+            udp_rate_limited,
+            udp_errors,
+            udp_yields,
+        } = other;
+        self.accepted += accepted;
+        self.rejected += rejected;
+        self.active += active;
+        self.closed_by_peer += closed_by_peer;
+        self.closed_by_error += closed_by_error;
+        self.closed_by_idle += closed_by_idle;
+        self.closed_by_shutdown += closed_by_shutdown;
+        self.closed_with_reset += closed_with_reset;
+        self.bytes_in += bytes_in;
+        self.bytes_out += bytes_out;
+        self.backpressure_pauses += backpressure_pauses;
+        self.accept_backoffs += accept_backoffs;
+        self.backed_off = self.backed_off.saturating_add(backed_off);
+        self.budget_yields += budget_yields;
+        self.accept_yields += accept_yields;
+        self.accept_errors += accept_errors;
+        self.udp_datagrams_in += udp_datagrams_in;
+        self.udp_datagrams_out += udp_datagrams_out;
+        self.udp_bytes_in += udp_bytes_in;
+        self.udp_bytes_out += udp_bytes_out;
+        self.udp_dropped += udp_dropped;
+        self.udp_refused += udp_refused;
+        self.udp_truncated += udp_truncated;
+        self.udp_rate_limited += udp_rate_limited;
+        self.udp_errors += udp_errors;
+        self.udp_yields += udp_yields;
+    }
+}
+
+/// `a + b`: see the `AddAssign` impl.
+impl Add for Stats {
+    type Output = Stats;
+    fn add(mut self, other: Stats) -> Stats {
+        self += other;
+        self
     }
 }
 

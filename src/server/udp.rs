@@ -166,15 +166,8 @@ impl EchoServer {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn bind_udp(&mut self, addr: SocketAddr) -> io::Result<SocketAddr> {
-        use socket2::{Domain, Protocol, Socket, Type};
         self.udp_room()?;
-        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-        if addr.is_ipv6() {
-            socket.set_only_v6(true)?;
-        }
-        socket.bind(&addr.into())?;
-        socket.set_nonblocking(true)?;
-        self.adopt_udp(UdpSocket::from_std(socket.into()))
+        self.adopt_udp(super::reuseport::udp_bound(addr, false)?)
     }
 
     /// Adopts a UDP socket the host bound itself (for instance one of

@@ -15,6 +15,7 @@
 mod close;
 mod once;
 mod report;
+mod threads;
 pub mod tokio_peer;
 pub mod udp;
 
@@ -79,6 +80,13 @@ pub struct Common {
     /// Print the result as one JSON line instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Threads, each with its own mio loop and its share of the
+    /// connections (1 to 256); results are merged and every byte is still
+    /// verified. Use it to drive a multi-loop server without becoming the
+    /// bottleneck.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub threads: u16,
 }
 
 /// The subcommands: five load modes and the tokio peer server.
@@ -197,12 +205,19 @@ pub enum ModeArgs {
     },
     /// Run the tokio peer echo server (what echoloop is compared with).
     ///
-    /// A tokio current_thread echo server, one task per connection. Prints
-    /// `listening on IP:PORT` on stdout once bound and serves until killed.
+    /// A tokio current_thread echo server, one task per connection; with
+    /// --threads N above 1, tokio's multi_thread runtime with N workers (the
+    /// peer of `echoloop --threads N`). Prints `listening on IP:PORT` on
+    /// stdout once bound and serves until killed.
     TokioEcho {
         /// Address to listen on, as IP:PORT. Port 0 picks a free port.
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7008", value_parser = parse_addr)]
         listen: SocketAddr,
+        /// Worker threads: 1 is the current_thread runtime, more the
+        /// multi_thread runtime with that many workers (up to 256).
+        #[arg(long, value_name = "N", default_value_t = 1,
+              value_parser = clap::value_parser!(u16).range(1..=256))]
+        threads: u16,
     },
 }
 
@@ -219,8 +234,8 @@ pub fn main_with_args<I: IntoIterator<Item = String>>(args: I) -> i32 {
     };
     let (json, result) = match cli.mode {
         ModeArgs::Once { addr, message } => return once::once(addr, message),
-        ModeArgs::TokioEcho { listen } => {
-            return match tokio_peer::serve(listen) {
+        ModeArgs::TokioEcho { listen, threads } => {
+            return match tokio_peer::serve(listen, usize::from(threads)) {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("loadgen: tokio-echo: {listen}: {e}");
@@ -242,10 +257,16 @@ pub fn main_with_args<I: IntoIterator<Item = String>>(args: I) -> i32 {
             conns,
             size,
             timeout,
-        } => (
-            common.json,
-            udp::run(&udp::UdpPlan::new(&common, conns, size, timeout)),
-        ),
+        } => {
+            if common.threads > 1 {
+                eprintln!("loadgen: udp: --threads does not apply (udp mode runs on one thread)");
+                return 2;
+            }
+            (
+                common.json,
+                udp::run(&udp::UdpPlan::new(&common, conns, size, timeout)),
+            )
+        }
         ModeArgs::Pingpong {
             common,
             conns,
@@ -253,7 +274,7 @@ pub fn main_with_args<I: IntoIterator<Item = String>>(args: I) -> i32 {
             depth,
         } => {
             let plan = Plan::new(Kind::PingPong, &common, conns, size, depth.max(1));
-            (common.json, run(plan))
+            (common.json, threads::run(plan))
         }
         ModeArgs::Stream {
             common,
@@ -261,7 +282,7 @@ pub fn main_with_args<I: IntoIterator<Item = String>>(args: I) -> i32 {
             size,
         } => (
             common.json,
-            run(Plan::new(Kind::Stream, &common, conns, size, 1)),
+            threads::run(Plan::new(Kind::Stream, &common, conns, size, 1)),
         ),
         ModeArgs::Churn {
             common,
@@ -269,7 +290,7 @@ pub fn main_with_args<I: IntoIterator<Item = String>>(args: I) -> i32 {
             size,
         } => (
             common.json,
-            run(Plan::new(Kind::Churn, &common, parallel, size, 1)),
+            threads::run(Plan::new(Kind::Churn, &common, parallel, size, 1)),
         ),
         ModeArgs::Hold {
             common,
@@ -281,7 +302,7 @@ pub fn main_with_args<I: IntoIterator<Item = String>>(args: I) -> i32 {
             let mut plan = Plan::new(Kind::Hold, &common, conns, size, 1);
             plan.active = active.min(conns);
             plan.idle = Duration::from_secs_f64(idle.max(0.0));
-            (common.json, run(plan))
+            (common.json, threads::run(plan))
         }
     };
     match result {
@@ -350,6 +371,9 @@ struct Plan {
     sources: u8,
     max_connecting: usize,
     close: Close,
+    // Threads to split the connections over, and which share this is.
+    threads: usize,
+    part: usize,
 }
 
 impl Plan {
@@ -367,6 +391,8 @@ impl Plan {
             sources: c.sources.max(1),
             max_connecting: c.max_connecting.max(1),
             close: c.close,
+            threads: usize::from(c.threads),
+            part: 0,
         }
     }
 }
@@ -453,8 +479,11 @@ struct Stats {
     hist: Histogram<u64>,
 }
 
-/// Runs one load plan to completion.
-fn run(plan: Plan) -> io::Result<Report> {
+/// Runs one load plan (or one thread's share of it) to completion. With a
+/// `gate`, every share opens its connections, then waits for the others
+/// before the traffic starts; the report comes with its latency histogram
+/// so the shares can be merged.
+fn run_part(plan: Plan, gate: Option<&threads::Gate>) -> io::Result<(Report, Histogram<u64>)> {
     let table = PatternTable::new();
     let mut poll = Poll::new()?;
     let mut events = Events::with_capacity(4096);
@@ -480,7 +509,11 @@ fn run(plan: Plan) -> io::Result<Report> {
     let mut opens = 0usize;
 
     // Phase 1: open the connections, a bounded number of connects at a time.
-    let bar = progress_bar(plan.conns as u64, plan.conns >= 1000, "connecting");
+    let bar = progress_bar(
+        plan.conns as u64,
+        plan.conns >= 1000 && plan.part == 0,
+        "connecting",
+    );
     let open_deadline = Instant::now() + Duration::from_secs(120);
     while connected < plan.conns {
         while opened < plan.conns && opened - connected < plan.max_connecting {
@@ -531,8 +564,12 @@ fn run(plan: Plan) -> io::Result<Report> {
         bar.finish_and_clear();
     }
     let held = clients.len();
-    if plan.kind == Kind::Hold {
-        println!("held {held}");
+    let held_all = match gate {
+        Some(gate) => gate.arrive(held)?,
+        None => held,
+    };
+    if plan.kind == Kind::Hold && plan.part == 0 {
+        println!("held {held_all}");
         let _ = io::stdout().flush();
         let idle_until = Instant::now() + plan.idle;
         while Instant::now() < idle_until {
@@ -596,7 +633,11 @@ fn run(plan: Plan) -> io::Result<Report> {
     let mut running = true;
     let drain_deadline = measure_until + Duration::from_secs(10);
     let total_ms = (plan.warmup + plan.duration).as_millis() as u64;
-    let bar = progress_bar(total_ms, plan.duration >= Duration::from_secs(5), "running");
+    let bar = progress_bar(
+        total_ms,
+        plan.duration >= Duration::from_secs(5) && plan.part == 0,
+        "running",
+    );
     let traffic_started = Instant::now();
     loop {
         let now = Instant::now();
@@ -729,7 +770,7 @@ fn run(plan: Plan) -> io::Result<Report> {
         &mut stats,
     )?;
     let h = &stats.hist;
-    Ok(Report {
+    let report = Report {
         mode: format!("{:?}", plan.kind).to_lowercase(),
         conns: plan.conns,
         active,
@@ -752,7 +793,9 @@ fn run(plan: Plan) -> io::Result<Report> {
         sent: 0,
         lost: 0,
         late: 0,
-    })
+        threads: 1,
+    };
+    Ok((report, stats.hist))
 }
 
 /// A progress bar on stderr, only on a terminal and only for long phases.

@@ -43,6 +43,8 @@ pub struct Report {
     pub lost: u64,
     /// `udp` mode: echoes that arrived after their datagram was counted lost.
     pub late: u64,
+    /// Load generator threads whose results were merged.
+    pub threads: usize,
 }
 
 impl Report {
@@ -60,7 +62,7 @@ impl Report {
             "{{\"mode\":\"{}\",\"conns\":{},\"active\":{},\"size\":{},\"depth\":{},\"seconds\":{:.3},\
              \"msgs\":{},\"bytes\":{},\"msgs_per_sec\":{:.1},\"mb_per_sec\":{:.2},\"p50_us\":{},\
              \"p99_us\":{},\"p999_us\":{},\"max_us\":{},\"latency_samples\":{},\"errors\":{},\
-             \"mismatches\":{},\"held\":{},\"total_msgs\":{},\"close\":\"{}\",\"unclean_closes\":{},\"sent\":{},\"lost\":{},\"late\":{}}}",
+             \"mismatches\":{},\"held\":{},\"total_msgs\":{},\"close\":\"{}\",\"unclean_closes\":{},\"sent\":{},\"lost\":{},\"late\":{},\"threads\":{}}}",
             self.mode,
             self.conns,
             self.active,
@@ -84,7 +86,8 @@ impl Report {
             self.unclean_closes,
             self.sent,
             self.lost,
-            self.late
+            self.late,
+            self.threads
         )
     }
 
@@ -118,6 +121,10 @@ impl Report {
             ),
             Close::Fin => format!("closed with fin, {} unclean", self.unclean_closes),
             Close::Reset => "closed with reset".to_string(),
+        };
+        let shape = match self.threads {
+            1 => shape,
+            n => format!("{shape}, {n} threads"),
         };
         format!(
             "mode {} {shape}\n  {:.0} msgs/s, {:.1} MB/s over {:.2} s ({} msgs)\n  {latency}\n  \

@@ -1,7 +1,9 @@
 //! The peer users would pick instead of echoloop: a tokio `current_thread`
 //! echo server, one task per connection with a 4 KiB buffer each, written
-//! the way tokio's own echo example is; and for UDP, one `UdpSocket` loop
-//! on `current_thread` (receive, send back).
+//! the way tokio's own echo example is. With more than one thread it runs on
+//! tokio's `multi_thread` runtime with that many workers (work-stealing,
+//! one listener), the peer of `echoloop --threads N`. For UDP, one
+//! `UdpSocket` loop on `current_thread` (receive, send back).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -10,14 +12,23 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 
 /// Binds `addr`, prints `listening on IP:PORT` on stdout (flushed) and
-/// serves forever: `loadgen tokio-echo --listen ADDR`.
+/// serves forever: `loadgen tokio-echo --listen ADDR [--threads N]`; one
+/// thread is the `current_thread` runtime, more the `multi_thread` runtime
+/// with `threads` workers.
 ///
 /// # Errors
 /// Creating the runtime, binding or writing the line failed.
-pub fn serve(addr: SocketAddr) -> std::io::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()?;
+pub fn serve(addr: SocketAddr, threads: usize) -> std::io::Result<()> {
+    let runtime = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_io()
+            .build()?
+    };
     runtime.block_on(async move {
         let listener = TcpListener::bind(addr).await?;
         // Scripts and tests wait for this exact line.

@@ -184,6 +184,7 @@ pub fn run(plan: &UdpPlan) -> io::Result<Report> {
         sent: c.sent,
         lost: c.lost,
         late: c.late,
+        threads: 1,
     })
 }
 

@@ -1,30 +1,21 @@
-//! The `echoloop` command: parse, log, bind, loop. It is one host of the
-//! library's public API, with nothing the API does not offer to any host.
+//! The command line: every option, its default and maximum, and the parsers
+//! that refuse bad values with a message that says what is wrong (clap
+//! turns those into exit status 2).
 
-use std::io::{self, Write};
 use std::net::SocketAddr;
-use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Parser;
-use log::{info, warn};
-use mio::{Events, Interest, Poll, Token};
-use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
-use signal_hook_mio::v1_0::Signals;
 
 use echoloop::config::{
-    self, human_duration, DEFAULT_ACCEPTS_PER_TURN, DEFAULT_BUDGET, DEFAULT_MAX_PENDING,
-    DEFAULT_READ_BUFFER, MAX_ACCEPTS_PER_TURN, MAX_BUDGET, MAX_IDLE_TIMEOUT, MAX_MAX_PENDING,
-    MAX_READ_BUFFER, MAX_SHUTDOWN_TIMEOUT, MAX_UDP_RATE_LIMIT,
+    plural, DEFAULT_ACCEPTS_PER_TURN, DEFAULT_BUDGET, DEFAULT_MAX_PENDING, DEFAULT_READ_BUFFER,
+    MAX_ACCEPTS_PER_TURN, MAX_BUDGET, MAX_IDLE_TIMEOUT, MAX_MAX_PENDING, MAX_READ_BUFFER,
+    MAX_SHUTDOWN_TIMEOUT, MAX_UDP_RATE_LIMIT,
 };
+use echoloop::server::{MAX_GROUP, REUSEPORT_BALANCES};
 use echoloop::token::MAX_CONNECTIONS;
-use echoloop::{Config, EchoServer};
 
-/// The host's own token; the echo server's tokens start right after it.
-const SIGNALS: Token = Token(0);
-const SERVER_BASE: Token = Token(1);
-
-/// A TCP echo server (RFC 862) on one single-threaded mio readiness loop.
+/// A TCP echo server (RFC 862) on single-threaded mio readiness loops.
 ///
 /// Every byte received on a connection is sent back on that connection, in
 /// order. With --udp, each datagram is also sent back to its sender as one
@@ -39,11 +30,16 @@ const SERVER_BASE: Token = Token(1);
 /// once. SIGUSR1 logs the counters. Logs go to stderr; set RUST_LOG (error,
 /// warn, info, debug, trace) to change the level, `info` by default.
 ///
+/// With --threads N it runs N such loops, one per thread, each with its own
+/// listening socket per address (SO_REUSEPORT spreads new connections over
+/// them); they share nothing per message. Signals and counters are handled
+/// once for the process.
+///
 /// Usage errors exit 2, runtime errors (address in use, ...) exit 1 with one
 /// `echoloop: error:` line.
 #[derive(Debug, Parser)]
 #[command(name = "echoloop", version, about, long_about)]
-struct Args {
+pub struct Args {
     /// Address to listen on, as IP:PORT ([::1]:PORT for IPv6). Repeat the
     /// option to listen on several addresses. Port 0 picks a free port.
     #[arg(
@@ -52,238 +48,148 @@ struct Args {
         default_value = "127.0.0.1:7007",
         value_parser = parse_addr
     )]
-    listen: Vec<SocketAddr>,
+    pub listen: Vec<SocketAddr>,
 
     /// Also serve UDP echo on this address, as IP:PORT ([::1]:PORT for
     /// IPv6). Repeat for several (at most 16). Off by default. Replies that
     /// the socket will not take are dropped, and datagrams from port 0 or
     /// the well-known ports of reflecting services are not answered.
     #[arg(long = "udp", value_name = "ADDR", value_parser = parse_addr)]
-    udp: Vec<SocketAddr>,
+    pub udp: Vec<SocketAddr>,
 
     /// Most UDP replies per second to one source IP address (a burst of N,
     /// refilled at N per second); datagrams beyond it are not answered and
-    /// are counted (udp_rate_limited). 1 to 10,000,000. [default: off]
+    /// are counted (udp_rate_limited). With --threads N each loop keeps its
+    /// own limit. 1 to 10,000,000. [default: off]
     #[arg(long, value_name = "N", allow_negative_numbers = true,
           value_parser = count_up_to(MAX_UDP_RATE_LIMIT as usize))]
-    udp_rate_limit: Option<usize>,
+    pub udp_rate_limit: Option<usize>,
 
     /// Most connections served at once (1 to 16,777,200); one more is
     /// accepted and closed at once. [default: the open-files limit minus 64,
     /// or half of it when the limit is under 128]
     #[arg(long, value_name = "N", allow_negative_numbers = true,
           value_parser = count_up_to(MAX_CONNECTIONS))]
-    max_connections: Option<usize>,
+    pub max_connections: Option<usize>,
 
     /// Pending bytes per connection at which reading pauses until the client
     /// reads (backpressure); reading resumes below half of it. Accepts K/M/G
     /// suffixes (KiB, MiB, GiB); at most 1G.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_PENDING,
           allow_negative_numbers = true, value_parser = bytes_up_to(MAX_MAX_PENDING))]
-    max_pending: usize,
+    pub max_pending: usize,
 
     /// Seconds that shutdown may spend echoing before it resets the
     /// connections still open (also the bound when a client never reads).
     /// Fractions allowed; 0 to 86400.
     #[arg(long, value_name = "SECS", default_value = "5", allow_negative_numbers = true,
           value_parser = secs_up_to(MAX_SHUTDOWN_TIMEOUT, true))]
-    shutdown_timeout: Duration,
+    pub shutdown_timeout: Duration,
 
     /// Close connections with no traffic in either direction for this many
     /// seconds (more than 0, at most 604800 = 7 days). [default: off]
     #[arg(long, value_name = "SECS", allow_negative_numbers = true,
           value_parser = secs_up_to(MAX_IDLE_TIMEOUT, false))]
-    idle_timeout: Option<Duration>,
+    pub idle_timeout: Option<Duration>,
 
     /// Log the counters every this many seconds (more than 0, at most 86400).
     /// [default: off]
     #[arg(long, value_name = "SECS", allow_negative_numbers = true,
           value_parser = secs_up_to(MAX_STATS_INTERVAL, false))]
-    stats_interval: Option<Duration>,
+    pub stats_interval: Option<Duration>,
 
     /// Connections accepted per listener per loop turn, so established
     /// connections keep being served during an accept storm (1 to 1,000,000).
     #[arg(long, value_name = "N", default_value_t = DEFAULT_ACCEPTS_PER_TURN,
           allow_negative_numbers = true, value_parser = count_up_to(MAX_ACCEPTS_PER_TURN))]
-    accepts_per_turn: usize,
+    pub accepts_per_turn: usize,
 
     /// Size of the one read buffer all connections share. Accepts K/M/G
     /// suffixes; at most 64M.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_READ_BUFFER,
           allow_negative_numbers = true, value_parser = bytes_up_to(MAX_READ_BUFFER))]
-    read_buffer: usize,
+    pub read_buffer: usize,
 
     /// Bytes one connection may read per loop turn before the others are
     /// served (fairness). Accepts K/M/G suffixes; at most 1G.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_BUDGET,
           allow_negative_numbers = true, value_parser = bytes_up_to(MAX_BUDGET))]
-    budget: usize,
+    pub budget: usize,
+
+    /// Readiness loops (threads) to run, each with its own listening socket
+    /// per address; the kernel spreads new connections over them. 1 to
+    /// 1024, or 0 or `auto` for one per available core. Above 1 needs Linux.
+    #[arg(long, value_name = "N", default_value = "1", allow_negative_numbers = true,
+          value_parser = parse_threads)]
+    pub threads: Threads,
 }
 
-fn main() -> ExitCode {
-    let args = Args::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    match run(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(msg) => {
-            eprintln!("echoloop: error: {msg}");
-            ExitCode::FAILURE
-        }
-    }
+/// `--threads`: a number of loops, or one per available core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Threads {
+    /// Exactly this many loops.
+    Count(usize),
+    /// `0` or `auto`: `std::thread::available_parallelism`.
+    Auto,
 }
 
-fn run(args: Args) -> Result<(), String> {
-    // Signals first: from here on SIGINT/SIGTERM only queue a wake-up, so a
-    // signal sent the moment a script reads `listening on` is handled as a
-    // graceful shutdown instead of killing the process.
-    let mut signals = Signals::new([SIGINT, SIGTERM, SIGUSR1])
-        .map_err(|e| format!("cannot set up signals: {e}"))?;
-    let mut poll = Poll::new().map_err(|e| format!("cannot create poll: {e}"))?;
-    poll.registry()
-        .register(&mut signals, SIGNALS, Interest::READABLE)
-        .map_err(|e| format!("cannot register signals: {e}"))?;
+/// Most `--threads`: 1024 loops (each costs a thread, a poll instance, a
+/// waker and a socket per address).
+pub const MAX_THREADS: usize = MAX_GROUP;
 
-    let soft_limit = config::open_files_limit();
-    let open_files = config::raise_open_files_limit();
-    if open_files != soft_limit {
-        info!(
-            "raised the open-files limit from {} to {}",
-            describe_limit(soft_limit),
-            describe_limit(open_files)
-        );
-    }
-    let reachable = config::connections_for(open_files);
-    if let Some(wanted) = args.max_connections.filter(|&n| n > reachable) {
-        warn!(
-            "--max-connections {wanted} cannot be reached: the open-files limit of {} leaves \
-             room for fewer (the default here would be {reachable}); accepts will back off \
-             while descriptors run out",
-            describe_limit(open_files)
-        );
-    }
-    let config = Config {
-        max_connections: args.max_connections.unwrap_or(reachable),
-        max_pending: args.max_pending,
-        budget: args.budget,
-        read_buffer: args.read_buffer,
-        accepts_per_turn: args.accepts_per_turn,
-        idle_timeout: args.idle_timeout,
-        shutdown_timeout: args.shutdown_timeout,
-        udp_rate_limit: args
-            .udp_rate_limit
-            .map(|n| u32::try_from(n).unwrap_or(MAX_UDP_RATE_LIMIT)),
-    };
-    config.validate()?;
-
-    // Bind every address before printing any line: a script waiting for
-    // `listening on` must never be told about a server that then exits.
-    let mut server = EchoServer::new(config.clone(), SERVER_BASE);
-    let mut bound = Vec::with_capacity(args.listen.len());
-    for addr in &args.listen {
-        let local = server
-            .bind(*addr)
-            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-        bound.push(local);
-    }
-    let mut bound_udp = Vec::with_capacity(args.udp.len());
-    for addr in &args.udp {
-        let local = server
-            .bind_udp(*addr)
-            .map_err(|e| format!("cannot listen on udp {addr}: {e}"))?;
-        bound_udp.push(local);
-    }
-    server
-        .register(poll.registry())
-        .map_err(|e| format!("cannot register listeners: {e}"))?;
-    let mut stdout = io::stdout().lock();
-    for local in &bound {
-        // Scripts and tests wait for this exact line.
-        writeln!(stdout, "listening on {local}").map_err(|e| e.to_string())?;
-    }
-    for local in &bound_udp {
-        writeln!(stdout, "listening on udp {local}").map_err(|e| e.to_string())?;
-    }
-    stdout.flush().map_err(|e| e.to_string())?;
-    drop(stdout);
-
-    info!(
-        "echoloop {}: max connections {} (open-files limit {}), max pending {} bytes, \
-         budget {} bytes, {} accepts per turn, idle timeout {}, shutdown timeout {}",
-        env!("CARGO_PKG_VERSION"),
-        config.max_connections,
-        describe_limit(open_files),
-        config.max_pending,
-        config.budget,
-        config.accepts_per_turn,
-        config
-            .idle_timeout
-            .map_or("off".to_string(), human_duration),
-        human_duration(config.shutdown_timeout),
-    );
-
-    let mut events = Events::with_capacity(1024);
-    let mut next_stats = args
-        .stats_interval
-        .and_then(|every| Instant::now().checked_add(every));
-    let mut shutting_down = false;
-    loop {
-        let now = Instant::now();
-        let stats_due = next_stats.map(|at| at.saturating_duration_since(now));
-        let timeout = [server.poll_timeout(now), stats_due]
-            .into_iter()
-            .flatten()
-            .min();
-        if let Err(err) = poll.poll(&mut events, timeout) {
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(format!("poll failed: {err}"));
-        }
-        let now = Instant::now();
-        for event in events.iter() {
-            if event.token() == SIGNALS {
-                for signal in signals.pending() {
-                    if signal == SIGUSR1 {
-                        info!("stats: {}", server.stats());
-                    } else if shutting_down {
-                        warn!("second signal: closing every connection now");
-                        server.close_all(poll.registry());
-                    } else {
-                        shutting_down = true;
-                        server.begin_shutdown(poll.registry(), now);
-                    }
+impl Threads {
+    /// The number of loops to run and how it was chosen, for the start-up
+    /// log ("--threads 2", "--threads auto: 2 available cores").
+    pub fn resolve(self) -> (usize, String) {
+        match self {
+            Threads::Count(n) => (n, format!("--threads {n}")),
+            Threads::Auto => {
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                if !REUSEPORT_BALANCES {
+                    return (
+                        1,
+                        format!("--threads auto: {cores} cores, 1 loop off Linux"),
+                    );
                 }
-            } else if server.owns(event.token()) {
-                server
-                    .handle_event(poll.registry(), event, now)
-                    .map_err(|e| format!("listener failed: {e}"))?;
-            } else {
-                warn!("event for unknown token {}", event.token().0);
+                let n = cores.min(MAX_THREADS);
+                (
+                    n,
+                    format!("--threads auto: {}", plural(cores, "available core")),
+                )
             }
-        }
-        server
-            .handle_timeout(poll.registry(), now)
-            .map_err(|e| format!("listener failed: {e}"))?;
-        if let (Some(at), Some(every)) = (next_stats, args.stats_interval) {
-            if now >= at {
-                info!("stats: {}", server.stats());
-                next_stats = now.checked_add(every);
-            }
-        }
-        if server.is_finished() {
-            break;
         }
     }
-    info!("shutdown complete: {}", server.stats());
-    Ok(())
+}
+
+/// `--threads`: 1 to [`MAX_THREADS`], or `0`/`auto`; above 1 only where
+/// SO_REUSEPORT spreads connections (Linux).
+fn parse_threads(text: &str) -> Result<Threads, String> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("auto") {
+        return Ok(Threads::Auto);
+    }
+    let range =
+        format!("give a whole number from 1 to {MAX_THREADS}, or 0 or auto for one per core");
+    let n: usize = text.parse().map_err(|_| {
+        if text.starts_with('-') {
+            format!("'{text}' is negative: {range}")
+        } else {
+            format!("'{text}' is not a number of threads: {range}")
+        }
+    })?;
+    match n {
+        0 => Ok(Threads::Auto),
+        n if n > MAX_THREADS => Err(format!("{n} is out of range: {range}")),
+        n if n > 1 && !REUSEPORT_BALANCES => Err(format!(
+            "{n} loops need Linux: this platform's SO_REUSEPORT does not spread \
+             connections over listeners (give 1)"
+        )),
+        n => Ok(Threads::Count(n)),
+    }
 }
 
 /// Longest `--stats-interval`: 1 day.
-const MAX_STATS_INTERVAL: Duration = Duration::from_secs(24 * 3600);
-
-fn describe_limit(limit: Option<u64>) -> String {
-    limit.map_or("unlimited".to_string(), |n| n.to_string())
-}
+pub const MAX_STATS_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 
 fn parse_addr(text: &str) -> Result<SocketAddr, String> {
     const EXAMPLES: &str = "examples: 127.0.0.1:7007, [::1]:7007, 0.0.0.0:0";

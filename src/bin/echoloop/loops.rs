@@ -1,0 +1,372 @@
+//! `--threads N`: N shared-nothing loops and the supervisor that speaks for
+//! them.
+//!
+//! ```text
+//!  main thread: supervisor Poll          loop thread i (one per --threads)
+//!   signals, stats timer, notes    --->   own Poll, own Waker, own EchoServer,
+//!      |  Command + waker.wake()          own listener per --listen address
+//!      '<---  Note + supervisor waker     turns host::turn, like the single loop
+//! ```
+//!
+//! * **Nothing shared per message.** Each loop is the single loop of
+//!   `host.rs` with a mailbox instead of signals. The kernel spreads new
+//!   connections over the loops' listeners (`SO_REUSEPORT`,
+//!   `echoloop::server::listener_group`); a connection lives and dies in the
+//!   loop that accepted it. The loops share one `SharedLimit`, touched only
+//!   when a connection is admitted or closed: `--max-connections` is exact
+//!   over all loops, and a loop backed off for lack of descriptors sees
+//!   another loop's close within 10 ms.
+//! * **Signals once, for the process**, here on the main thread: the first
+//!   SIGINT/SIGTERM begins shutdown in every loop (each woken through its own
+//!   `Waker`), a second closes every loop's connections, SIGUSR1 and
+//!   `--stats-interval` ask every loop for its counters and log one line with
+//!   their sum and each loop's active connections.
+//! * **Listeners close together.** Closing one listener of a reuseport
+//!   group resets the connections waiting in its accept queue, so a loop
+//!   never closes its listener alone while the others accept: only shutdown
+//!   closes them, and shutdown is sent to every loop at once. A loop whose
+//!   listener fails reports it; the supervisor then shuts every loop down
+//!   and the process exits 1 with one error line once they have drained.
+
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::Instant;
+
+use log::{debug, info, warn};
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use signal_hook::consts::SIGUSR1;
+use signal_hook_mio::v1_0::Signals;
+
+use echoloop::server::{listener_group, udp_group, SharedLimit};
+use echoloop::{Config, EchoServer, Stats};
+
+use crate::host::{self, SERVER_BASE};
+use crate::options::Args;
+
+/// The supervisor's tokens.
+const SIGNALS: Token = Token(0);
+const NOTES: Token = Token(1);
+/// A loop's own token for its waker; its server's tokens start after it.
+const WAKE: Token = Token(0);
+
+/// What the supervisor asks of a loop.
+#[derive(Debug, Clone, Copy)]
+enum Command {
+    Shutdown,
+    CloseAll,
+    Stats,
+}
+
+/// What a loop tells the supervisor.
+#[derive(Debug)]
+enum Note {
+    Stats(usize, Stats),
+    Failed(usize, String),
+    Finished(usize, Stats),
+}
+
+/// The supervisor's handle on one loop thread.
+struct LoopHandle {
+    commands: Sender<Command>,
+    waker: Arc<Waker>,
+    thread: Option<JoinHandle<()>>,
+    // Its counters once it has finished.
+    last: Option<Stats>,
+}
+
+impl LoopHandle {
+    fn tell(&self, command: Command) {
+        if self.last.is_none() && self.commands.send(command).is_ok() {
+            if let Err(err) = self.waker.wake() {
+                warn!("cannot wake a loop: {err}");
+            }
+        }
+    }
+}
+
+/// One loop, as built on the main thread and moved to its own.
+struct Loop {
+    index: usize,
+    poll: Poll,
+    server: EchoServer,
+    commands: Receiver<Command>,
+    notes: Sender<Note>,
+    notify: Arc<Waker>,
+}
+
+/// Serves on `threads` loops until every one has finished.
+pub fn run(
+    config: Config,
+    args: &Args,
+    threads: usize,
+    mut signals: Signals,
+    started: impl FnOnce(&Config),
+) -> Result<(), String> {
+    let poll = Poll::new().map_err(|e| format!("cannot create poll: {e}"))?;
+    poll.registry()
+        .register(&mut signals, SIGNALS, Interest::READABLE)
+        .map_err(|e| format!("cannot register signals: {e}"))?;
+    let notify = Arc::new(
+        Waker::new(poll.registry(), NOTES).map_err(|e| format!("cannot create a waker: {e}"))?,
+    );
+    let (notes_tx, notes) = mpsc::channel();
+
+    // Every loop is built and every listener bound before a line is
+    // printed or a thread started: any failure leaves nothing behind.
+    let limit = SharedLimit::new(config.max_connections);
+    let mut built = Vec::with_capacity(threads);
+    let mut handles = Vec::with_capacity(threads);
+    for index in 0..threads {
+        let loop_poll = Poll::new().map_err(|e| format!("cannot create poll: {e}"))?;
+        let waker = Waker::new(loop_poll.registry(), WAKE)
+            .map_err(|e| format!("cannot create a waker: {e}"))?;
+        let (commands_tx, commands) = mpsc::channel();
+        built.push(Loop {
+            index,
+            poll: loop_poll,
+            server: EchoServer::with_shared_limit(config.clone(), SERVER_BASE, limit.clone()),
+            commands,
+            notes: notes_tx.clone(),
+            notify: notify.clone(),
+        });
+        handles.push(LoopHandle {
+            commands: commands_tx,
+            waker: Arc::new(waker),
+            thread: None,
+            last: None,
+        });
+    }
+    let mut bound = Vec::with_capacity(args.listen.len());
+    for addr in &args.listen {
+        let group =
+            listener_group(*addr, threads).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        for (lp, listener) in built.iter_mut().zip(group) {
+            let local = lp
+                .server
+                .adopt(listener)
+                .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            if lp.index == 0 {
+                bound.push(local);
+            }
+        }
+    }
+    // UDP likewise: one socket per loop and address, one `SO_REUSEPORT`
+    // group per address, so the kernel spreads the sources over the loops.
+    let mut bound_udp = Vec::with_capacity(args.udp.len());
+    for addr in &args.udp {
+        let group =
+            udp_group(*addr, threads).map_err(|e| format!("cannot listen on udp {addr}: {e}"))?;
+        for (lp, socket) in built.iter_mut().zip(group) {
+            let local = lp
+                .server
+                .adopt_udp(socket)
+                .map_err(|e| format!("cannot listen on udp {addr}: {e}"))?;
+            if lp.index == 0 {
+                bound_udp.push(local);
+            }
+        }
+    }
+    for lp in &mut built {
+        lp.server
+            .register(lp.poll.registry())
+            .map_err(|e| format!("cannot register listeners: {e}"))?;
+    }
+    for (lp, handle) in built.into_iter().zip(&mut handles) {
+        let name = format!("echoloop-{}", lp.index);
+        let thread = thread::Builder::new()
+            .name(name)
+            .spawn(move || serve_or_report(lp))
+            .map_err(|e| format!("cannot start a loop thread: {e}"))?;
+        handle.thread = Some(thread);
+    }
+    host::print_listening(&bound, &bound_udp)?;
+    started(&config);
+    supervise(poll, signals, notes, handles, args)
+}
+
+/// The main thread once the loops run: signals, the stats timer and the
+/// loops' notes, until every loop has finished.
+fn supervise(
+    mut poll: Poll,
+    mut signals: Signals,
+    notes: Receiver<Note>,
+    mut handles: Vec<LoopHandle>,
+    args: &Args,
+) -> Result<(), String> {
+    let mut events = Events::with_capacity(64);
+    let mut next_stats = args
+        .stats_interval
+        .and_then(|every| Instant::now().checked_add(every));
+    let mut shutting_down = false;
+    let mut failure: Option<String> = None;
+    // Replies to the current stats request, one slot per loop.
+    let mut asked: Option<Vec<Option<Stats>>> = None;
+    while handles.iter().any(|h| h.last.is_none()) {
+        let timeout = next_stats.map(|at| at.saturating_duration_since(Instant::now()));
+        if let Err(err) = poll.poll(&mut events, timeout) {
+            if err.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            // Without a poll nobody hears signals: close everything now.
+            failure.get_or_insert(format!("poll failed: {err}"));
+            handles.iter().for_each(|h| h.tell(Command::CloseAll));
+            break;
+        }
+        let mut shutdown_now = false;
+        for event in events.iter() {
+            if event.token() != SIGNALS {
+                continue; // NOTES: read below, every turn
+            }
+            for signal in signals.pending() {
+                if signal == SIGUSR1 {
+                    ask_stats(&handles, &mut asked);
+                } else if shutting_down {
+                    warn!("second signal: closing every connection now");
+                    handles.iter().for_each(|h| h.tell(Command::CloseAll));
+                } else {
+                    shutting_down = true;
+                    shutdown_now = true;
+                }
+            }
+        }
+        for note in notes.try_iter() {
+            match note {
+                Note::Stats(i, stats) => {
+                    if let Some(slot) = asked.as_mut().and_then(|a| a.get_mut(i)) {
+                        *slot = Some(stats);
+                    }
+                }
+                Note::Failed(i, msg) => {
+                    warn!("loop {i}: {msg}; shutting every loop down");
+                    failure.get_or_insert(msg);
+                    if !shutting_down {
+                        shutting_down = true;
+                        shutdown_now = true;
+                    }
+                }
+                Note::Finished(i, stats) => {
+                    debug!("loop {i}: finished");
+                    handles[i].last = Some(stats);
+                    if let Some(slot) = asked.as_mut().and_then(|a| a.get_mut(i)) {
+                        slot.get_or_insert(stats);
+                    }
+                }
+            }
+        }
+        if shutdown_now {
+            handles.iter().for_each(|h| h.tell(Command::Shutdown));
+        }
+        if let (Some(at), Some(every)) = (next_stats, args.stats_interval) {
+            let now = Instant::now();
+            if now >= at {
+                ask_stats(&handles, &mut asked);
+                next_stats = now.checked_add(every);
+            }
+        }
+        if asked
+            .as_ref()
+            .is_some_and(|a| a.iter().all(Option::is_some))
+        {
+            let replies: Vec<Stats> = asked.take().into_iter().flatten().flatten().collect();
+            info!("stats: {}", describe(&replies));
+        }
+    }
+    let mut total = Stats::default();
+    for handle in &mut handles {
+        if let Some(thread) = handle.thread.take() {
+            if thread.join().is_err() {
+                failure.get_or_insert("a loop thread panicked".to_string());
+            }
+        }
+        total += handle.last.unwrap_or_default();
+    }
+    info!("shutdown complete: {total} loops={}", handles.len());
+    failure.map_or(Ok(()), Err)
+}
+
+/// Asks every loop for its counters, unless a request is still out.
+fn ask_stats(handles: &[LoopHandle], asked: &mut Option<Vec<Option<Stats>>>) {
+    if asked.is_some() {
+        return;
+    }
+    *asked = Some(handles.iter().map(|h| h.last).collect());
+    handles.iter().for_each(|h| h.tell(Command::Stats));
+}
+
+/// The stats line: the loops' counters summed, then each loop's active
+/// connections, so an uneven spread shows.
+fn describe(per_loop: &[Stats]) -> String {
+    let mut total = Stats::default();
+    for stats in per_loop {
+        total += *stats;
+    }
+    let active: Vec<String> = per_loop.iter().map(|s| s.active.to_string()).collect();
+    format!("{total} active_per_loop=[{}]", active.join(","))
+}
+
+/// Runs [`serve`]; should it panic (a bug), tells the supervisor, so the
+/// other loops shut down and the process exits 1 instead of waiting for a
+/// loop that is gone.
+fn serve_or_report(lp: Loop) {
+    let (index, notes, notify) = (lp.index, lp.notes.clone(), lp.notify.clone());
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve(lp))).is_err() {
+        let _ = notes.send(Note::Failed(index, format!("loop {index} panicked")));
+        let _ = notes.send(Note::Finished(index, Stats::default()));
+        let _ = notify.wake();
+    }
+}
+
+/// One loop thread: the single loop of `host.rs`, with a mailbox where the
+/// signals were. Ends when its server has finished.
+fn serve(mut lp: Loop) {
+    let mut events = Events::with_capacity(1024);
+    let mut failed = false;
+    let note = |lp: &Loop, note: Note| {
+        if lp.notes.send(note).is_ok() {
+            let _ = lp.notify.wake();
+        }
+    };
+    loop {
+        let commands = &lp.commands;
+        let mut replies = Vec::new();
+        let turned = host::turn(
+            &mut lp.poll,
+            &mut events,
+            &mut lp.server,
+            None,
+            |server: &mut EchoServer, registry: &Registry, token, now| {
+                if token != WAKE {
+                    warn!("event for unknown token {}", token.0);
+                    return;
+                }
+                for command in commands.try_iter() {
+                    match command {
+                        Command::Shutdown => server.begin_shutdown(registry, now),
+                        Command::CloseAll => server.close_all(registry),
+                        Command::Stats => replies.push(server.stats()),
+                    }
+                }
+            },
+        );
+        for stats in replies {
+            note(&lp, Note::Stats(lp.index, stats));
+        }
+        if let Err(msg) = turned {
+            if failed {
+                // Failing again while draining: give up on the rest.
+                lp.server.close_all(lp.poll.registry());
+            } else {
+                failed = true;
+                note(&lp, Note::Failed(lp.index, msg));
+                // Our listener is gone anyway; the supervisor tells the
+                // other loops to close theirs at the same moment.
+                lp.server.begin_shutdown(lp.poll.registry(), Instant::now());
+            }
+        }
+        if lp.server.is_finished() {
+            break;
+        }
+    }
+    note(&lp, Note::Finished(lp.index, lp.server.stats()));
+}

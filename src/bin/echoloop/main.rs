@@ -1,0 +1,119 @@
+//! The `echoloop` command: parse, log, bind, loop. It is one host of the
+//! library's public API, with nothing the API does not offer to any host.
+//!
+//! Read it in this order:
+//!
+//! * `main.rs` (this file): start-up — the options, the logger, the signals,
+//!   the open-files limit and the [`Config`]; then one loop or several.
+//! * `host.rs`: **the single loop**, what runs by default (`--threads 1`):
+//!   one `Poll` holding the signals and one `EchoServer`.
+//! * `loops.rs`: `--threads N`: N copies of that loop on N threads, each
+//!   with its own `Poll`, `Waker`, `EchoServer` and listeners, and the
+//!   supervisor on the main thread that handles signals and counters for
+//!   all of them.
+//! * `options.rs`: the command line and its parsers.
+
+mod host;
+mod loops;
+mod options;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use log::{info, warn};
+use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
+use signal_hook_mio::v1_0::Signals;
+
+use echoloop::config::{self, human_duration, MAX_UDP_RATE_LIMIT};
+use echoloop::Config;
+
+use options::Args;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("echoloop: error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), String> {
+    // Signals first: from here on SIGINT/SIGTERM only queue a wake-up, so a
+    // signal sent the moment a script reads `listening on` is handled as a
+    // graceful shutdown instead of killing the process.
+    let signals = Signals::new([SIGINT, SIGTERM, SIGUSR1])
+        .map_err(|e| format!("cannot set up signals: {e}"))?;
+    let (threads, how) = args.threads.resolve();
+
+    let soft_limit = config::open_files_limit();
+    let open_files = config::raise_open_files_limit();
+    if open_files != soft_limit {
+        info!(
+            "raised the open-files limit from {} to {}",
+            describe_limit(soft_limit),
+            describe_limit(open_files)
+        );
+    }
+    // Each loop beyond the first holds a poll instance, a waker and one
+    // socket per TCP and UDP address; the supervisor a poll instance and a
+    // waker.
+    let extra_descriptors = match threads {
+        1 => 0,
+        n => (n - 1) * (2 + args.listen.len() + args.udp.len()) + 2,
+    };
+    let reachable = config::connections_for(open_files).saturating_sub(extra_descriptors);
+    if let Some(wanted) = args.max_connections.filter(|&n| n > reachable) {
+        warn!(
+            "--max-connections {wanted} cannot be reached: the open-files limit of {} leaves \
+             room for fewer (the default here would be {reachable}); accepts will back off \
+             while descriptors run out",
+            describe_limit(open_files)
+        );
+    }
+    let config = Config {
+        max_connections: args.max_connections.unwrap_or(reachable).max(1),
+        max_pending: args.max_pending,
+        budget: args.budget,
+        read_buffer: args.read_buffer,
+        accepts_per_turn: args.accepts_per_turn,
+        idle_timeout: args.idle_timeout,
+        shutdown_timeout: args.shutdown_timeout,
+        udp_rate_limit: args
+            .udp_rate_limit
+            .map(|n| u32::try_from(n).unwrap_or(MAX_UDP_RATE_LIMIT)),
+    };
+    config.validate()?;
+    // Stated whenever there is more than one loop or `auto` chose the count.
+    let loops = (threads > 1 || args.threads == options::Threads::Auto)
+        .then(|| format!("{} ({how}), ", config::plural(threads, "loop")));
+    let started = |config: &Config| {
+        info!(
+            "echoloop {}: {}max connections {} (open-files limit {}), max pending {} bytes, \
+             budget {} bytes, {} accepts per turn, idle timeout {}, shutdown timeout {}",
+            env!("CARGO_PKG_VERSION"),
+            loops.as_deref().unwrap_or(""),
+            config.max_connections,
+            describe_limit(open_files),
+            config.max_pending,
+            config.budget,
+            config.accepts_per_turn,
+            config
+                .idle_timeout
+                .map_or("off".to_string(), human_duration),
+            human_duration(config.shutdown_timeout),
+        );
+    };
+    if threads == 1 {
+        host::run(config, &args, signals, started)
+    } else {
+        loops::run(config, &args, threads, signals, started)
+    }
+}
+
+fn describe_limit(limit: Option<u64>) -> String {
+    limit.map_or("unlimited".to_string(), |n| n.to_string())
+}

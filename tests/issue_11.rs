@@ -1,0 +1,461 @@
+//! Issue 11: `--threads N` runs N shared-nothing loops behind one port per
+//! address. Black-box over loopback: the spread, the exact global
+//! connection limit, shutdown of every loop, the second signal, port 0 with
+//! both families, the summed counters and the command line.
+#![cfg(target_os = "linux")]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// The numbers after `key=` in the last line of `log` that starts with
+/// `prefix` (e.g. "stats:"), or None.
+fn field(log: &str, prefix: &str, key: &str) -> Option<u64> {
+    let line = log.lines().rev().find(|l| l.contains(prefix))?;
+    let at = line.find(&format!(" {key}="))? + key.len() + 2;
+    line[at..].split(' ').next()?.parse().ok()
+}
+
+/// Each loop's active connections from the last `stats:` line.
+fn per_loop(log: &str) -> Option<Vec<u64>> {
+    let line = log.lines().rev().find(|l| l.contains("stats:"))?;
+    let list = line.split("active_per_loop=[").nth(1)?.split(']').next()?;
+    list.split(',').map(|n| n.parse().ok()).collect()
+}
+
+/// Sends SIGUSR1 and waits for a new `stats:` line; returns the log.
+fn stats_now(server: &Server) -> String {
+    let before = server.stderr().matches("stats:").count();
+    server.signal(libc::SIGUSR1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let log = server.stderr();
+        if log.matches("stats:").count() > before {
+            return log;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    panic!("no stats line after SIGUSR1; stderr: {}", server.stderr());
+}
+
+/// Polls the stats until `done` holds for the log (bounded).
+fn stats_until(server: &Server, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = stats_now(server);
+        if done(&log) || Instant::now() > deadline {
+            return log;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn issue_11_two_loops_serve_many_connections_and_both_hold_some() {
+    let server = Server::start(&["--threads", "2"]);
+    let mut clients: Vec<TcpStream> = (0..200).map(|_| connect(server.addr())).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        ping(c, format!("hello {i}").as_bytes());
+    }
+    let log = stats_until(&server, |log| field(log, "stats:", "active") == Some(200));
+    assert_eq!(field(&log, "stats:", "active"), Some(200), "{log}");
+    assert_eq!(field(&log, "stats:", "accepted"), Some(200), "{log}");
+    let loops = per_loop(&log).expect("active_per_loop in the stats line");
+    assert_eq!(loops.len(), 2, "{log}");
+    assert_eq!(loops.iter().sum::<u64>(), 200, "{log}");
+    // Hashing spreads 200 connections unevenly but never all to one loop
+    // (chance 2^-199).
+    assert!(loops.iter().all(|&n| n > 0), "one loop got nothing: {log}");
+    // Everyone is still served.
+    for (i, c) in clients.iter_mut().enumerate() {
+        ping(c, format!("again {i}").as_bytes());
+    }
+}
+
+#[test]
+fn issue_11_max_connections_is_exact_over_two_loops() {
+    let server = Server::start(&["--threads", "2", "--max-connections", "8"]);
+    let mut served: Vec<TcpStream> = (0..8).map(|_| connect(server.addr())).collect();
+    for c in &mut served {
+        ping(c, b"in");
+    }
+    // Every extra connection, whichever loop the kernel hands it to, is
+    // closed at once.
+    for _ in 0..3 {
+        for _ in 0..8 {
+            let mut extra = connect(server.addr());
+            let _ = extra.write_all(b"x");
+            assert!(sees_close(&mut extra), "a 9th connection was served");
+        }
+        // One leaves; its slot is free again for a newcomer on either loop.
+        served.pop();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let newcomer = loop {
+            let mut c = connect(server.addr());
+            if c.write_all(b"new").is_ok() {
+                let mut back = [0u8; 3];
+                if c.read_exact(&mut back).is_ok() {
+                    break c;
+                }
+            }
+            assert!(Instant::now() < deadline, "a freed slot was never reused");
+            thread::sleep(Duration::from_millis(10));
+        };
+        served.push(newcomer);
+    }
+    for c in &mut served {
+        ping(c, b"still");
+    }
+    let log = stats_now(&server);
+    assert_eq!(field(&log, "stats:", "active"), Some(8), "{log}");
+    assert!(
+        field(&log, "stats:", "rejected").unwrap() >= 24,
+        "extras not counted: {log}"
+    );
+}
+
+#[test]
+fn issue_11_shutdown_drains_every_loop_then_fin_and_exit_0() {
+    const CLIENTS: usize = 8;
+    const TOTAL: usize = 4 << 20; // far more than the kernel's buffers
+    for round in 0..2 {
+        let mut server = Server::start(&["--threads", "2", "--shutdown-timeout", "30"]);
+        let addr = server.addr();
+        // Idle connections beside the transfers, so both loops surely have
+        // some to drain (all 72 in one loop: chance 2^-71).
+        let mut idle: Vec<TcpStream> = (0..64).map(|_| connect(addr)).collect();
+        for c in &mut idle {
+            ping(c, b"idle");
+        }
+        let halfway = Arc::new(AtomicUsize::new(0));
+        // Each client sends half its stream, then waits for the signal to
+        // be sent before the rest: every transfer spans the signal.
+        let signalled = Arc::new(AtomicBool::new(false));
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|i| {
+                let halfway = halfway.clone();
+                let signalled = signalled.clone();
+                thread::spawn(move || {
+                    let stream = connect(addr);
+                    let seed = (round * 100 + i) as u64;
+                    let mut writer = stream.try_clone().unwrap();
+                    let sender = thread::spawn(move || {
+                        let mut pattern = Pattern::new(seed);
+                        let mut buf = vec![0u8; 100_000];
+                        let mut sent = 0;
+                        while sent < TOTAL {
+                            if sent >= TOTAL / 2 {
+                                let give_up = Instant::now() + Duration::from_secs(30);
+                                while !signalled.load(Ordering::SeqCst) {
+                                    assert!(Instant::now() < give_up, "no signal");
+                                    thread::sleep(Duration::from_millis(1));
+                                }
+                            }
+                            let end = if sent < TOTAL / 2 { TOTAL / 2 } else { TOTAL };
+                            let n = buf.len().min(end - sent);
+                            pattern.fill(&mut buf[..n]);
+                            writer.write_all(&buf[..n]).expect("send");
+                            sent += n;
+                        }
+                    });
+                    let got = read_verified(&stream, seed, TOTAL / 2);
+                    halfway.fetch_add(1, Ordering::SeqCst);
+                    // The rest of the stream continues its pattern.
+                    let mut rest = Pattern::new(seed);
+                    let mut skip = vec![0u8; got];
+                    rest.fill(&mut skip);
+                    let mut expected = vec![0u8; 64 * 1024];
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let mut received = got;
+                    let mut reader = &stream;
+                    while received < TOTAL {
+                        let want = buf.len().min(TOTAL - received);
+                        let n = reader.read(&mut buf[..want]).expect("read echo");
+                        assert!(n > 0, "EOF after {received} of {TOTAL} bytes");
+                        rest.fill(&mut expected[..n]);
+                        assert!(buf[..n] == expected[..n], "mismatch near {received}");
+                        received += n;
+                    }
+                    sender.join().unwrap();
+                    finish_sending(&stream);
+                    // Every byte came back: now an orderly FIN, not a reset.
+                    let mut tail = [0u8; 16];
+                    match reader.read(&mut tail) {
+                        Ok(0) => {}
+                        other => panic!("expected FIN after the echo, got {other:?}"),
+                    }
+                })
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while halfway.load(Ordering::SeqCst) < CLIENTS {
+            assert!(Instant::now() < deadline, "transfers did not start");
+            thread::sleep(Duration::from_millis(5));
+        }
+        let log = stats_now(&server);
+        let loops = per_loop(&log).unwrap();
+        assert_eq!(loops.iter().sum::<u64>(), (CLIENTS + 64) as u64, "{log}");
+        assert!(loops.iter().all(|&n| n > 0), "a loop had nothing: {log}");
+        server.signal(libc::SIGTERM);
+        signalled.store(true, Ordering::SeqCst);
+        // Quiet connections get an orderly FIN in every loop.
+        for c in &mut idle {
+            let mut buf = [0u8; 8];
+            match c.read(&mut buf) {
+                Ok(0) => {}
+                other => panic!("expected FIN on an idle connection, got {other:?}"),
+            }
+        }
+        drop(idle);
+        for c in clients {
+            c.join().expect("client");
+        }
+        let status = server
+            .wait_for_exit(Duration::from_secs(20))
+            .expect("server exits after draining");
+        assert_eq!(status.code(), Some(0), "stderr: {}", server.stderr());
+        let log = server.stderr();
+        assert_eq!(
+            field(&log, "shutdown complete:", "closed_with_reset"),
+            Some(0),
+            "{log}"
+        );
+        assert_eq!(
+            field(&log, "shutdown complete:", "bytes_out"),
+            Some((CLIENTS * TOTAL + 64 * 4) as u64),
+            "{log}"
+        );
+    }
+}
+
+#[test]
+fn issue_11_a_second_signal_closes_every_loop_at_once() {
+    let mut server = Server::start(&["--threads", "2", "--shutdown-timeout", "60"]);
+    let mut clients: Vec<TcpStream> = (0..40).map(|_| connect(server.addr())).collect();
+    for c in &mut clients {
+        ping(c, b"here");
+    }
+    let log = stats_until(&server, |log| field(log, "stats:", "active") == Some(40));
+    assert!(per_loop(&log).unwrap().iter().all(|&n| n > 0), "{log}");
+    // The clients never send FIN, so the first signal alone would wait for
+    // them up to the 60 s deadline.
+    server.signal(libc::SIGTERM);
+    assert!(server.log_contains("shutting down"));
+    thread::sleep(Duration::from_millis(400));
+    assert!(
+        server.wait_for_exit(Duration::ZERO).is_none(),
+        "exited early"
+    );
+    server.signal(libc::SIGTERM);
+    let status = server
+        .wait_for_exit(Duration::from_secs(10))
+        .expect("second signal ends it");
+    assert_eq!(status.code(), Some(0), "stderr: {}", server.stderr());
+    for c in &mut clients {
+        assert!(sees_close(c), "a connection survived the second signal");
+    }
+    let log = server.stderr();
+    assert_eq!(
+        field(&log, "shutdown complete:", "closed_by_shutdown"),
+        Some(40),
+        "{log}"
+    );
+}
+
+#[test]
+fn issue_11_port_zero_works_with_several_loops_and_both_families() {
+    let ipv6 = TcpListener::bind("[::1]:0").is_ok();
+    let mut args = vec!["--threads", "3", "--listen", "127.0.0.1:0"];
+    if ipv6 {
+        args.extend(["--listen", "[::1]:0"]);
+    }
+    let server = Server::start(&args);
+    assert_eq!(server.addrs.len(), if ipv6 { 2 } else { 1 });
+    let mut clients = Vec::new();
+    for addr in &server.addrs {
+        assert_ne!(addr.port(), 0);
+        // The port is really ours: nobody else may bind it now.
+        assert!(TcpListener::bind(addr).is_err(), "{addr} is not taken");
+        for i in 0..60 {
+            let mut c = connect(*addr);
+            ping(&mut c, format!("{addr} {i}").as_bytes());
+            clients.push(c);
+        }
+    }
+    let n = clients.len() as u64;
+    let log = stats_until(&server, |log| field(log, "stats:", "active") == Some(n));
+    assert_eq!(field(&log, "stats:", "accepted"), Some(n), "{log}");
+    assert_eq!(per_loop(&log).unwrap().len(), 3, "{log}");
+}
+
+#[test]
+fn issue_11_the_counters_add_up_over_the_loops() {
+    let mut server = Server::start(&["--threads", "2", "--stats-interval", "0.2"]);
+    let mut expected_bytes = 0u64;
+    for i in 0..50usize {
+        let mut c = connect(server.addr());
+        let msg = vec![i as u8; 100 + i * 37];
+        ping(&mut c, &msg);
+        expected_bytes += msg.len() as u64;
+        finish_sending(&c);
+        assert!(read_to_end(&mut c).is_empty());
+    }
+    let log = stats_until(&server, |log| {
+        field(log, "stats:", "closed_by_peer") == Some(50)
+    });
+    for (key, want) in [
+        ("accepted", 50),
+        ("active", 0),
+        ("closed_by_peer", 50),
+        ("bytes_in", expected_bytes),
+        ("bytes_out", expected_bytes),
+    ] {
+        assert_eq!(field(&log, "stats:", key), Some(want), "{key}: {log}");
+    }
+    assert_eq!(per_loop(&log).unwrap(), vec![0, 0], "{log}");
+    // --stats-interval logs the same one summed line, with no signal.
+    let before = server.stderr().matches("stats:").count();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.stderr().matches("stats:").count() < before + 2 {
+        assert!(Instant::now() < deadline, "no periodic stats line");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let log = server.stderr();
+    assert_eq!(
+        field(&log, "stats:", "bytes_out"),
+        Some(expected_bytes),
+        "{log}"
+    );
+    assert_eq!(per_loop(&log).unwrap(), vec![0, 0], "{log}");
+    server.signal(libc::SIGINT);
+    let status = server.wait_for_exit(Duration::from_secs(10)).expect("exit");
+    assert_eq!(status.code(), Some(0));
+    let log = server.stderr();
+    assert_eq!(
+        field(&log, "shutdown complete:", "bytes_out"),
+        Some(expected_bytes),
+        "{log}"
+    );
+    assert_eq!(field(&log, "shutdown complete:", "loops"), Some(2), "{log}");
+}
+
+#[test]
+fn issue_11_threads_0_and_auto_use_the_available_cores() {
+    let cores = thread::available_parallelism().map_or(1, |n| n.get());
+    for value in ["0", "auto"] {
+        let mut server = Server::start(&["--threads", value]);
+        let mut c = connect(server.addr());
+        ping(&mut c, b"auto");
+        let said = format!("(--threads auto: {cores} available core");
+        assert!(server.log_contains(&said), "{}", server.stderr());
+        let log = stats_now(&server);
+        if cores > 1 {
+            assert_eq!(per_loop(&log).map(|l| l.len()), Some(cores), "{log}");
+        }
+        server.signal(libc::SIGTERM);
+        drop(c);
+        let status = server.wait_for_exit(Duration::from_secs(10)).expect("exit");
+        assert_eq!(status.code(), Some(0));
+    }
+}
+
+#[test]
+fn issue_11_bad_thread_counts_are_usage_errors() {
+    for value in ["-1", "1025", "abc", "", "1.5", "99999999999999999999999"] {
+        let out = Command::new(server_bin())
+            .args(["--threads", value, "--listen", "127.0.0.1:0"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{value:?}: {stderr}");
+        assert!(stderr.contains("--threads"), "{value:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{value:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{value:?} printed a listening line");
+    }
+}
+
+/// Runs echoloop with `args`, expecting exit 1 and one error line naming
+/// `addr`, and nothing on stdout.
+fn fails_with_one_line(args: &[&str], addr: SocketAddr) {
+    let out = Command::new(server_bin()).args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(errors.len(), 1, "stderr: {stderr}");
+    assert!(
+        errors[0].starts_with(&format!("echoloop: error: cannot listen on {addr}: ")),
+        "stderr: {stderr}"
+    );
+    assert!(out.stdout.is_empty(), "printed {:?}", out.stdout);
+}
+
+#[test]
+fn issue_11_a_port_in_use_is_one_clear_error_line_with_two_loops() {
+    // Taken by a plain listener.
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    fails_with_one_line(&["--threads", "2", "--listen", &addr.to_string()], addr);
+    // Taken by another echoloop with two loops (whose sockets have
+    // SO_REUSEPORT): it must not silently share the port with us.
+    let first = Server::start(&["--threads", "2"]);
+    let addr = first.addr();
+    for threads in ["2", "1"] {
+        fails_with_one_line(&["--threads", threads, "--listen", &addr.to_string()], addr);
+    }
+    // The second address of several: still nothing printed.
+    let free: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let out = Command::new(server_bin())
+        .args(["--threads", "2", "--listen", &free.to_string()])
+        .args(["--listen", &addr.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    // The first server was not disturbed.
+    let mut c = connect(addr);
+    ping(&mut c, b"still mine");
+}
+
+/// The load generator's `--threads` (each thread its own loop and share of
+/// the connections, every byte verified, results merged) against both
+/// multi-threaded servers: echoloop with two loops and tokio's
+/// multi_thread peer with two workers.
+#[test]
+fn issue_11_loadgen_threads_drive_both_multi_threaded_servers() {
+    let echoloop = Server::start(&["--threads", "2"]);
+    let mut cmd = Command::new(loadgen_bin());
+    cmd.args(["tokio-echo", "--threads", "2", "--listen", "127.0.0.1:0"]);
+    let tokio = Server::spawn(cmd, 1);
+    for addr in [echoloop.addr(), tokio.addr()] {
+        for mode in [
+            &["pingpong", "-c", "50", "-d", "4"][..],
+            &["stream", "-c", "4"],
+        ] {
+            let out = Command::new(loadgen_bin())
+                .args(mode)
+                .args(["--threads", "2", "--duration", "0.3", "--warmup", "0.1"])
+                .args(["--addr", &addr.to_string(), "--json"])
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert_eq!(out.status.code(), Some(0), "{mode:?} {addr}: {stdout}");
+            let json = stdout.lines().find(|l| l.starts_with('{')).unwrap();
+            for want in ["\"threads\":2", "\"errors\":0", "\"mismatches\":0"] {
+                assert!(json.contains(want), "{mode:?} {addr}: {json}");
+            }
+            let conns = if mode[0] == "pingpong" { 50 } else { 4 };
+            assert!(json.contains(&format!("\"conns\":{conns},")), "{json}");
+            assert!(!json.contains("\"msgs\":0,"), "no traffic: {json}");
+        }
+    }
+    let log = stats_now(&echoloop);
+    assert!(per_loop(&log).is_some(), "{log}");
+}
