@@ -241,7 +241,7 @@ fn a_port_in_use_is_one_clear_error_line() {
     let addr: SocketAddr = taken.local_addr().unwrap();
     let out = Command::new(server_bin())
         .args(["--listen", &addr.to_string()])
-        .output()
+        .output_within()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -262,7 +262,10 @@ fn bad_options_are_rejected_without_a_panic() {
         &["--max-connections", "many"],
         &["--no-such-option"],
     ] {
-        let out = Command::new(server_bin()).args(args).output().unwrap();
+        let out = Command::new(server_bin())
+            .args(args)
+            .output_within()
+            .unwrap();
         assert!(!out.status.success(), "{args:?} was accepted");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains("error"), "{args:?}: {stderr}");
@@ -273,7 +276,10 @@ fn bad_options_are_rejected_without_a_panic() {
 
 #[test]
 fn help_explains_every_option() {
-    let out = Command::new(server_bin()).arg("--help").output().unwrap();
+    let out = Command::new(server_bin())
+        .arg("--help")
+        .output_within()
+        .unwrap();
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
     for option in [

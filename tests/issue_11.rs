@@ -372,7 +372,7 @@ fn issue_11_bad_thread_counts_are_usage_errors() {
     for value in ["-1", "1025", "abc", "", "1.5", "99999999999999999999999"] {
         let out = Command::new(server_bin())
             .args(["--threads", value, "--listen", "127.0.0.1:0"])
-            .output()
+            .output_within()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{value:?}: {stderr}");
@@ -385,7 +385,10 @@ fn issue_11_bad_thread_counts_are_usage_errors() {
 /// Runs echoloop with `args`, expecting exit 1 and one error line naming
 /// `addr`, and nothing on stdout.
 fn fails_with_one_line(args: &[&str], addr: SocketAddr) {
-    let out = Command::new(server_bin()).args(args).output().unwrap();
+    let out = Command::new(server_bin())
+        .args(args)
+        .output_within()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
     let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
@@ -415,7 +418,7 @@ fn issue_11_a_port_in_use_is_one_clear_error_line_with_two_loops() {
     let out = Command::new(server_bin())
         .args(["--threads", "2", "--listen", &free.to_string()])
         .args(["--listen", &addr.to_string()])
-        .output()
+        .output_within()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty());
@@ -443,7 +446,7 @@ fn issue_11_loadgen_threads_drive_both_multi_threaded_servers() {
                 .args(mode)
                 .args(["--threads", "2", "--duration", "0.3", "--warmup", "0.1"])
                 .args(["--addr", &addr.to_string(), "--json"])
-                .output()
+                .output_within()
                 .unwrap();
             let stdout = String::from_utf8_lossy(&out.stdout);
             assert_eq!(out.status.code(), Some(0), "{mode:?} {addr}: {stdout}");

@@ -269,7 +269,7 @@ fn issue_12_the_optional_rate_limit_caps_replies_per_source_ip() {
     for bad in ["0", "-1", "10000001", "many"] {
         let out = Command::new(server_bin())
             .args(["--udp", "127.0.0.1:0", "--udp-rate-limit", bad])
-            .output()
+            .output_within()
             .unwrap();
         assert_eq!(out.status.code(), Some(2), "--udp-rate-limit {bad}");
     }
@@ -355,12 +355,21 @@ fn issue_12_a_udp_flood_does_not_stop_tcp_echoes_nor_a_tcp_stream_udp_echoes() {
 
 #[test]
 fn issue_12_a_udp_port_in_use_is_one_error_line_and_nothing_printed() {
-    for taken in ["127.0.0.1:0", "[::1]:0"] {
-        let taken = UdpSocket::bind(taken).unwrap();
+    // One loop, and two: the reuseport group must not join a taken port,
+    // not even one whose holder set SO_REUSEPORT itself (same user: the
+    // kernel would let a plain reuseport bind share it).
+    for (taken, threads, reuseport) in [
+        ("127.0.0.1:0", "1", false),
+        ("[::1]:0", "1", false),
+        ("127.0.0.1:0", "2", false),
+        ("127.0.0.1:0", "2", true),
+    ] {
+        let taken = bound_udp(taken.parse().unwrap(), reuseport);
         let addr = taken.local_addr().unwrap();
         let out = Command::new(server_bin())
             .args(["--listen", "127.0.0.1:0", "--udp", &addr.to_string()])
-            .output()
+            .args(["--threads", threads])
+            .output_within()
             .unwrap();
         assert_eq!(out.status.code(), Some(1));
         assert!(
@@ -389,7 +398,7 @@ fn issue_12_bad_udp_values_are_usage_errors() {
     ] {
         let out = Command::new(server_bin())
             .args(["--listen", "127.0.0.1:0", "--udp", bad])
-            .output()
+            .output_within()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "--udp {bad:?}: {stderr}");
@@ -397,7 +406,10 @@ fn issue_12_bad_udp_values_are_usage_errors() {
         assert!(stderr.contains("--udp"), "{stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
-    let out = Command::new(server_bin()).arg("--udp").output().unwrap();
+    let out = Command::new(server_bin())
+        .arg("--udp")
+        .output_within()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
 
@@ -548,7 +560,7 @@ fn loadgen_json(args: &[&str]) -> (i32, String) {
         .args(args)
         .arg("--json")
         .stdin(std::process::Stdio::null())
-        .output()
+        .output_within()
         .expect("run the load generator");
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     let json = stdout
@@ -693,4 +705,67 @@ fn issue_12_loadgen_udp_and_the_tokio_udp_peer_have_help_and_refuse_bad_values()
     assert_eq!(run(&["udp", "-s", "-1"]), 2);
     assert_eq!(run(&["udp", "--addr", "nowhere"]), 2);
     assert_eq!(run(&["tokio-udp-echo", "--listen", "nowhere"]), 2);
+}
+
+/// A UDP socket bound to `addr`, with SO_REUSEPORT if asked.
+fn bound_udp(addr: SocketAddr, reuseport: bool) -> UdpSocket {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, None).unwrap();
+    socket.set_reuse_port(reuseport).unwrap();
+    socket.bind(&addr.into()).unwrap();
+    socket.into()
+}
+
+/// How many UDP sockets of this machine are bound to `port`, from
+/// /proc/net/udp (IPv4); the local address is the second column, `IP:PORT`
+/// in hex.
+fn udp_sockets_on(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/udp").expect("/proc/net/udp");
+    let suffix = format!(":{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .is_some_and(|a| a.ends_with(&suffix))
+        })
+        .count()
+}
+
+#[test]
+fn issue_12_with_two_loops_each_loop_has_its_own_udp_socket_and_every_client_is_answered() {
+    let (server, udp) = start_udp(&["127.0.0.1:0"], &["--threads", "2"]);
+    let addr = udp[0];
+    // One `listening on udp` line, but one socket per loop on that port.
+    assert_eq!(server.addrs.len(), 2, "one TCP and one UDP line");
+    assert_eq!(udp_sockets_on(addr.port()), 2, "a UDP socket per loop");
+    // Many sources (the kernel spreads them over the loops by a hash of
+    // the source): each gets exactly its own datagrams back.
+    const CLIENTS: u32 = 48;
+    const ROUNDS: u32 = 20;
+    let workers: Vec<_> = (0..CLIENTS)
+        .map(|id| {
+            thread::spawn(move || {
+                let c = client_for(addr);
+                let mut buf = [0u8; 64];
+                for seq in 0..ROUNDS {
+                    let mut msg = [0u8; 8];
+                    msg[..4].copy_from_slice(&id.to_be_bytes());
+                    msg[4..].copy_from_slice(&seq.to_be_bytes());
+                    let n = round_trip(&c, addr, &msg, &mut buf);
+                    assert_eq!(&buf[..n], &msg[..], "client {id} round {seq}");
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("client thread");
+    }
+    // The counters are summed over both loops.
+    let line = counters(&server);
+    let total = u64::from(CLIENTS * ROUNDS);
+    assert_eq!(field(&line, "udp_datagrams_in"), total, "{line}");
+    assert_eq!(field(&line, "udp_datagrams_out"), total, "{line}");
+    assert_eq!(field(&line, "udp_bytes_out"), total * 8, "{line}");
 }

@@ -9,7 +9,10 @@ use std::time::Duration;
 use common::*;
 
 fn run(args: &[&str]) -> Output {
-    Command::new(server_bin()).args(args).output().unwrap()
+    Command::new(server_bin())
+        .args(args)
+        .output_within()
+        .unwrap()
 }
 
 #[test]

@@ -373,3 +373,61 @@ pub fn host_turn(
     }
     server.handle_timeout(poll.registry(), now).unwrap();
 }
+
+/// Longest a command run to completion by a test may take before it is
+/// killed and the test fails (instead of hanging CI).
+pub const COMMAND_LIMIT: Duration = Duration::from_secs(60);
+
+/// `Command::output` with a bound: a process that should exit at once (a
+/// usage error, a port in use) but keeps running because of a bug fails the
+/// test after [`COMMAND_LIMIT`] instead of hanging it.
+pub trait OutputWithin {
+    /// Runs to completion like `output()`; panics (after killing it) if the
+    /// process is still running after [`COMMAND_LIMIT`].
+    fn output_within(&mut self) -> std::io::Result<std::process::Output>;
+}
+
+impl OutputWithin for Command {
+    fn output_within(&mut self) -> std::io::Result<std::process::Output> {
+        // Both captured, as `output()` does by default.
+        let mut child = self.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+        let drain = |pipe: Option<Box<dyn Read + Send>>| {
+            thread::spawn(move || {
+                let mut bytes = Vec::new();
+                if let Some(mut pipe) = pipe {
+                    let _ = pipe.read_to_end(&mut bytes);
+                }
+                bytes
+            })
+        };
+        let out = drain(
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        );
+        let err = drain(
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        );
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if start.elapsed() > COMMAND_LIMIT {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{self:?} still running after {COMMAND_LIMIT:?}: killed");
+            }
+            thread::sleep(Duration::from_millis(10));
+        };
+        Ok(std::process::Output {
+            status,
+            stdout: out.join().expect("stdout reader"),
+            stderr: err.join().expect("stderr reader"),
+        })
+    }
+}
