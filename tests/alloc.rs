@@ -56,6 +56,29 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+/// Runs `server` on this thread until `stop` (bounded at 60 s), counting
+/// this thread's allocations into `counter`; returns its counters.
+fn serve_counted(
+    server: &mut echoloop::EchoServer,
+    poll: &mut Poll,
+    counter: &'static AtomicU64,
+    stop: &AtomicBool,
+    probe_tx: &std::sync::mpsc::Sender<u64>,
+) -> echoloop::Stats {
+    let mut events = Events::with_capacity(256);
+    TRACKED.with(|t| t.set(Some(counter)));
+    // Prove the counter sees this thread's allocations, whatever the
+    // timing of the warm-up that follows (issue 9: it could make none).
+    drop(std::hint::black_box(Box::new([0u8; 32])));
+    probe_tx.send(counter.load(Ordering::Relaxed)).unwrap();
+    let give_up = Instant::now() + Duration::from_secs(60);
+    while !stop.load(Ordering::Relaxed) && Instant::now() < give_up {
+        host_turn(server, poll, &mut events, Duration::from_millis(10));
+    }
+    TRACKED.with(|t| t.set(None));
+    server.stats()
+}
+
 #[test]
 fn the_echo_path_does_not_allocate_in_the_steady_state() {
     let mut poll = Poll::new().unwrap();
@@ -68,23 +91,7 @@ fn the_echo_path_does_not_allocate_in_the_steady_state() {
     let host_stop = stop.clone();
     let (probe_tx, probe_rx) = std::sync::mpsc::channel();
     let host = thread::spawn(move || {
-        let mut events = Events::with_capacity(256);
-        TRACKED.with(|t| t.set(Some(&ALLOCATIONS)));
-        // Prove the counter sees this thread's allocations, whatever the
-        // timing of the warm-up below (issue 9: it could make none).
-        drop(std::hint::black_box(Box::new([0u8; 32])));
-        probe_tx.send(ALLOCATIONS.load(Ordering::Relaxed)).unwrap();
-        let give_up = Instant::now() + Duration::from_secs(60);
-        while !host_stop.load(Ordering::Relaxed) && Instant::now() < give_up {
-            host_turn(
-                &mut server,
-                &mut poll,
-                &mut events,
-                Duration::from_millis(10),
-            );
-        }
-        TRACKED.with(|t| t.set(None));
-        server.stats()
+        serve_counted(&mut server, &mut poll, &ALLOCATIONS, &host_stop, &probe_tx)
     });
 
     let probed = probe_rx.recv().unwrap();
@@ -165,23 +172,13 @@ fn issue_11_two_loops_do_not_allocate_or_share_per_message() {
                     EchoServer::with_shared_limit(Config::default(), mio::Token(0), limit);
                 server.adopt(listener).unwrap();
                 server.register(poll.registry()).unwrap();
-                let mut events = Events::with_capacity(256);
-                TRACKED.with(|t| t.set(Some(&TWO_LOOP_ALLOCATIONS)));
-                drop(std::hint::black_box(Box::new([0u8; 32])));
-                probe_tx
-                    .send(TWO_LOOP_ALLOCATIONS.load(Ordering::Relaxed))
-                    .unwrap();
-                let give_up = Instant::now() + Duration::from_secs(60);
-                while !stop.load(Ordering::Relaxed) && Instant::now() < give_up {
-                    host_turn(
-                        &mut server,
-                        &mut poll,
-                        &mut events,
-                        Duration::from_millis(10),
-                    );
-                }
-                TRACKED.with(|t| t.set(None));
-                server.stats()
+                serve_counted(
+                    &mut server,
+                    &mut poll,
+                    &TWO_LOOP_ALLOCATIONS,
+                    &stop,
+                    &probe_tx,
+                )
             })
         })
         .collect();

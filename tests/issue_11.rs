@@ -33,17 +33,7 @@ fn per_loop(log: &str) -> Option<Vec<u64>> {
 
 /// Sends SIGUSR1 and waits for a new `stats:` line; returns the log.
 fn stats_now(server: &Server) -> String {
-    let before = server.stderr().matches("stats:").count();
-    server.signal(libc::SIGUSR1);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        let log = server.stderr();
-        if log.matches("stats:").count() > before {
-            return log;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    panic!("no stats line after SIGUSR1; stderr: {}", server.stderr());
+    server.request_stats()
 }
 
 /// Polls the stats until `done` holds for the log (bounded).

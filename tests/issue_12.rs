@@ -56,24 +56,9 @@ fn round_trip(c: &UdpSocket, server: SocketAddr, msg: &[u8], buf: &mut [u8]) -> 
 
 /// The counters of the newest `stats:` line after a SIGUSR1.
 fn counters(server: &Server) -> String {
-    let before = server.stderr().matches("stats: ").count();
-    server.signal(libc::SIGUSR1);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        let log = server.stderr();
-        if log.matches("stats: ").count() > before {
-            return log
-                .rsplit("stats: ")
-                .next()
-                .unwrap()
-                .lines()
-                .next()
-                .unwrap()
-                .to_string();
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    panic!("no stats line after SIGUSR1: {}", server.stderr());
+    let log = server.request_stats();
+    let line = log.rsplit("stats: ").next().unwrap_or_default();
+    line.lines().next().unwrap_or_default().to_string()
 }
 
 fn field(line: &str, name: &str) -> u64 {

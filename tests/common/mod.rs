@@ -181,6 +181,22 @@ impl Server {
         false
     }
 
+    /// Sends SIGUSR1 and waits (up to 10 s) for one more `stats:` line in
+    /// the log; returns the whole log.
+    pub fn request_stats(&self) -> String {
+        let before = self.stderr().matches("stats:").count();
+        self.signal(libc::SIGUSR1);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let log = self.stderr();
+            if log.matches("stats:").count() > before {
+                return log;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        panic!("no stats line after SIGUSR1; stderr: {}", self.stderr());
+    }
+
     pub fn signal(&self, signal: i32) {
         // SAFETY: kill() only sends a signal to our own child process.
         let rc = unsafe { libc::kill(self.pid(), signal) };
