@@ -76,10 +76,9 @@ impl EchoServer {
             trace_drive(key, progress, conn.pending_len());
         }
         self.stats.count(&progress);
-        // Only the idle and shutdown rules read `last_active`; otherwise
-        // the clock is not read at all.
-        let timed = self.config.idle_timeout.is_some() || self.shutdown.is_some();
-        if timed && progress.bytes_in + progress.bytes_out > 0 {
+        // Only the idle and shutdown rules read `last_active` (`timed`);
+        // otherwise the clock is not read at all.
+        if self.timed && progress.bytes_in + progress.bytes_out > 0 {
             conn.last_active = self.clock.millis(now) as u32;
         }
         // Derive interest from state and act only on change. A connection
