@@ -87,8 +87,6 @@ impl EchoServer {
             deadline: now.checked_add(self.config.shutdown_timeout),
             next_sweep: now.checked_add(SHUTDOWN_QUIET).unwrap_or(now),
         });
-        // The quiet rule reads `last_active` from now on.
-        self.timed = true;
         for listener in &mut self.listeners {
             if let Some(mut socket) = listener.socket.take() {
                 if listener.registered {
