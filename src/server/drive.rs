@@ -57,13 +57,10 @@ impl EchoServer {
         if conn.generation != generation {
             return trace!("connection {key}: stale event ignored");
         }
-        // No further edge will announce this FIN: remember it (see
-        // `Connection::peer_closing`).
-        if hints.read_closed {
+        // No further edge will announce a FIN behind the data, nor the
+        // bytes behind an urgent mark: read on to the end.
+        if hints.read_to_end {
             conn.peer_closing();
-        }
-        if hints.urgent {
-            conn.urgent_data();
         }
         let progress = match conn.drive(&mut self.scratch, &self.limits) {
             Ok(progress) => progress,
