@@ -5,10 +5,14 @@
 //!
 //! ```text
 //!   poll(events, server.poll_timeout(now))       how long may we sleep?
-//!   for each event the server owns:
-//!       server.handle_event(registry, event, now)  accept / echo
-//!   server.handle_timeout(registry, now)           leftover work, deadlines
+//!   server.handle_events(registry, events, now)  accept / echo, for each
+//!                                                event the server owns
+//!   (the host's own events, if it said any were left)
+//!   server.handle_timeout(registry, now)         leftover work, deadlines
 //! ```
+//!
+//! A host that routes events itself calls `handle_event` for each event the
+//! server [`owns`](EchoServer::owns) instead.
 //!
 //! This file routes events and timeouts; each concern has a room beside it,
 //! and each adds its own `impl EchoServer` block:
