@@ -12,8 +12,11 @@
 //!   point a load generator at it or to read the loop. It owns a `Poll`, the
 //!   signals and the logger, and is itself just one host of this API.
 //! * **Embed [`EchoServer`]** when your program already runs a `mio::Poll`:
-//!   give it a base token, route the events it [`owns`](EchoServer::owns) to
-//!   [`handle_event`](EchoServer::handle_event), sleep no longer than
+//!   give it a base token, hand it each batch of events with
+//!   [`handle_events`](EchoServer::handle_events) (it takes the ones it
+//!   [`owns`](EchoServer::owns) and says how many it left to you; or route
+//!   them yourself, one by one, to
+//!   [`handle_event`](EchoServer::handle_event)), sleep no longer than
 //!   [`poll_timeout`](EchoServer::poll_timeout), and call
 //!   [`handle_timeout`](EchoServer::handle_timeout) once per turn. It never
 //!   creates a `Poll`, a `Waker` or a thread and keeps no global state;
@@ -66,8 +69,9 @@
 //! shutdown, `udp.rs` the UDP echo, and `stats.rs` the counters;
 //! `reuseport.rs` and `limit.rs` serve hosts that run several loops
 //! (below). `src/stream.rs` says what a connection needs from its socket:
-//! on Linux its `recv` and `send` go straight to libc, the two calls each
-//! echoed message makes.
+//! on Linux its `recv` and `send` go straight to the kernel (on x86_64 as
+//! the bare `syscall` instruction, elsewhere through libc), the two calls
+//! each echoed message makes.
 //!
 //! # Rules of readiness I/O this crate follows
 //!
@@ -135,12 +139,11 @@
 //!         loop {
 //!             poll.poll(&mut events, server.poll_timeout(Instant::now()))?;
 //!             let now = Instant::now();
-//!             for event in events.iter() {
-//!                 if server.owns(event.token()) {
-//!                     server.handle_event(poll.registry(), event, now)?;
-//!                 } else if event.token() == WAKE && stop.load(Ordering::Acquire) {
-//!                     server.begin_shutdown(poll.registry(), now);
-//!                 }
+//!             // The batch in one call; only the waker's event is left.
+//!             if server.handle_events(poll.registry(), &events, now)? > 0
+//!                 && stop.load(Ordering::Acquire)
+//!             {
+//!                 server.begin_shutdown(poll.registry(), now);
 //!             }
 //!             server.handle_timeout(poll.registry(), now)?;
 //!             if server.is_finished() {

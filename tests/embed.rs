@@ -147,6 +147,82 @@ fn two_servers_share_one_poll_and_host_events_are_untouched() {
 }
 
 #[test]
+fn issue_10_handle_events_serves_the_batch_and_leaves_the_hosts_events() {
+    // One server and two host sources in one Poll; the host hands each
+    // whole batch to `handle_events` and serves only what it reports left.
+    let mut poll = Poll::new().unwrap();
+    let mut server = EchoServer::new(Config::default(), Token(2));
+    let addr = server.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    server.register(poll.registry()).unwrap();
+    let mut udp = UdpSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let udp_addr = udp.local_addr().unwrap();
+    poll.registry()
+        .register(&mut udp, HOST_UDP, Interest::READABLE)
+        .unwrap();
+    let waker = Arc::new(Waker::new(poll.registry(), HOST_WAKER).unwrap());
+
+    const CLIENTS: u64 = 4;
+    const TOTAL: usize = 200_000;
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|i| thread::spawn(move || echo_verified(connect(addr), i, TOTAL, &[64, 5000, 70_000])))
+        .collect();
+    let sender = StdUdp::bind("127.0.0.1:0").unwrap();
+    for i in 0..5u8 {
+        sender.send_to(&[i; 10], udp_addr).unwrap();
+    }
+    waker.wake().unwrap();
+
+    let mut events = Events::with_capacity(256);
+    let (mut datagrams, mut wakes, mut reported) = (0, 0, 0);
+    let give_up = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < give_up {
+        let done = server.stats().bytes_out == CLIENTS * TOTAL as u64;
+        if done && datagrams == 5 && wakes == 1 {
+            break;
+        }
+        let timeout = [
+            server.poll_timeout(Instant::now()),
+            Some(Duration::from_millis(50)),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        poll.poll(&mut events, timeout).unwrap();
+        let now = Instant::now();
+        let left = server.handle_events(poll.registry(), &events, now).unwrap();
+        let foreign = events.iter().filter(|e| !server.owns(e.token())).count();
+        assert_eq!(left, foreign, "the count of events left to the host");
+        reported += left;
+        for event in events.iter().filter(|e| !server.owns(e.token())) {
+            match event.token() {
+                HOST_UDP => {
+                    let mut buf = [0u8; 64];
+                    while udp.recv_from(&mut buf).is_ok() {
+                        datagrams += 1;
+                    }
+                }
+                HOST_WAKER => wakes += 1,
+                t => panic!("event for a token nobody owns: {}", t.0),
+            }
+        }
+        server.handle_timeout(poll.registry(), now).unwrap();
+    }
+    for c in clients {
+        assert_eq!(c.join().unwrap(), TOTAL);
+    }
+    assert_eq!(
+        datagrams, 5,
+        "the host's own datagrams all reached the host"
+    );
+    assert_eq!(wakes, 1);
+    assert!(reported >= 2, "the UDP and waker events were reported");
+    let stats = server.stats();
+    assert_eq!(stats.accepted, CLIENTS);
+    assert_eq!(stats.bytes_in, CLIENTS * TOTAL as u64);
+    assert_eq!(stats.closed_by_error, 0);
+}
+
+#[test]
 fn counters_follow_what_happened() {
     let mut poll = Poll::new().unwrap();
     let config = Config {

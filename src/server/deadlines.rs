@@ -117,11 +117,12 @@ impl EchoServer {
 
 /// The server's epoch, and the milliseconds since it at the `now` seen last.
 ///
-/// A host passes one `now` to every event of a turn, so the hot path
-/// (stamping `last_active`) computes the milliseconds once per turn and
-/// compares two words per event instead. Stamping cost about 83
+/// A host passes one `now` to every event of a turn, so the milliseconds
+/// are computed once per turn: stamping `last_active` cost about 83
 /// instructions per message before (522 with `--idle-timeout 60` against
-/// 439 without), about 9 now (222 against 213; benches/instructions.sh).
+/// 439 without), then 9 with a two-word compare per event (222 against
+/// 213; benches/instructions.sh); `handle_events` now reads the clock once
+/// per batch and the hot path only stores it.
 #[derive(Debug)]
 pub(super) struct Clock {
     pub(super) epoch: Instant,

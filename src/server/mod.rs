@@ -5,10 +5,14 @@
 //!
 //! ```text
 //!   poll(events, server.poll_timeout(now))       how long may we sleep?
-//!   for each event the server owns:
-//!       server.handle_event(registry, event, now)  accept / echo
-//!   server.handle_timeout(registry, now)           leftover work, deadlines
+//!   server.handle_events(registry, events, now)  accept / echo, for each
+//!                                                event the server owns
+//!   (the host's own events, if it said any were left)
+//!   server.handle_timeout(registry, now)         leftover work, deadlines
 //! ```
+//!
+//! A host that routes events itself calls `handle_event` for each event the
+//! server [`owns`](EchoServer::owns) instead.
 //!
 //! This file routes events and timeouts; each concern has a room beside it,
 //! and each adds its own `impl EchoServer` block:
@@ -39,7 +43,7 @@ use std::time::{Duration, Instant};
 use log::trace;
 use mio::event::Event;
 use mio::net::TcpStream;
-use mio::{Interest, Registry, Token};
+use mio::{Events, Interest, Registry, Token};
 use slab::Slab;
 
 use crate::config::Config;
@@ -133,6 +137,9 @@ pub struct EchoServer {
     udp: Udp,
     // Some when this server is one of several loops sharing one limit.
     shared: Option<SharedLimit>,
+    // `log_enabled!(Trace)`, read once per call from the host rather than
+    // once per event (148.4 -> 145.3 instructions per message).
+    tracing: bool,
     stats: Stats,
 }
 
@@ -174,6 +181,7 @@ impl EchoServer {
             over_limit_warned: false,
             udp: Udp::default(),
             shared: None,
+            tracing: false,
             stats: Stats::default(),
         }
     }
@@ -257,14 +265,70 @@ impl EchoServer {
         event: &Event,
         now: Instant,
     ) -> io::Result<()> {
-        let hints = Hints {
-            read_closed: event.is_read_closed(),
-            urgent: event.is_priority(),
-        };
-        self.handle_token(registry, event.token(), hints, now)
+        self.handle_token(registry, event.token(), Hints::of(event), now)
     }
 
-    #[inline]
+    /// Handles every event in `events` whose token this server owns, in
+    /// order, as [`EchoServer::handle_event`] would one by one, and returns
+    /// how many it left to the host: events for tokens outside its range,
+    /// which the host then routes itself (when the count is not 0).
+    ///
+    /// This is the cheaper way to hand over a batch: one call per `poll`
+    /// instead of one per event, so the host's loop does no routing, no
+    /// [`owns`](EchoServer::owns) check and no error mapping per event
+    /// (with `handle_token` inlined into this loop: 202 -> 169 instructions
+    /// per message, benches/instructions.sh).
+    ///
+    /// Work: as [`EchoServer::handle_event`] for each owned event.
+    ///
+    /// # Errors
+    /// Only a listener's failure; the events after it in the batch are then
+    /// left unhandled.
+    ///
+    /// ```
+    /// use std::time::Instant;
+    /// use mio::{Events, Interest, Poll, Token, Waker};
+    /// use echoloop::{Config, EchoServer};
+    ///
+    /// const WAKE: Token = Token(0);
+    /// let mut poll = Poll::new()?;
+    /// let waker = Waker::new(poll.registry(), WAKE)?;
+    /// let mut server = EchoServer::new(Config::default(), Token(1));
+    /// server.bind("127.0.0.1:0".parse().unwrap())?;
+    /// server.register(poll.registry())?;
+    ///
+    /// waker.wake()?;
+    /// let mut events = Events::with_capacity(64);
+    /// poll.poll(&mut events, server.poll_timeout(Instant::now()))?;
+    /// let now = Instant::now();
+    /// let left = server.handle_events(poll.registry(), &events, now)?;
+    /// assert_eq!(left, 1, "the waker's event is the host's");
+    /// for event in events.iter().filter(|e| !server.owns(e.token())) {
+    ///     assert_eq!(event.token(), WAKE);
+    /// }
+    /// server.handle_timeout(poll.registry(), now)?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn handle_events(
+        &mut self,
+        registry: &Registry,
+        events: &Events,
+        now: Instant,
+    ) -> io::Result<usize> {
+        let mut foreign = 0;
+        // The batch's time for `last_active`, read off the clock once.
+        let ms = self.clock.millis(now) as u32;
+        self.tracing = log::log_enabled!(log::Level::Trace);
+        for event in events.iter() {
+            if self.owns(event.token()) {
+                self.route(registry, event.token(), Hints::of(event), now, ms)?;
+            } else {
+                foreign += 1;
+            }
+        }
+        Ok(foreign)
+    }
+
     fn handle_token(
         &mut self,
         registry: &Registry,
@@ -272,9 +336,25 @@ impl EchoServer {
         hints: Hints,
         now: Instant,
     ) -> io::Result<()> {
+        let ms = self.clock.millis(now) as u32;
+        self.tracing = log::log_enabled!(log::Level::Trace);
+        self.route(registry, token, hints, now, ms)
+    }
+
+    /// Routes one event; `ms` is `now` on the server's clock, which the
+    /// caller reads once for a whole batch.
+    #[inline(always)]
+    fn route(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        hints: Hints,
+        now: Instant,
+        ms: u32,
+    ) -> io::Result<()> {
         match self.tokens.decode(token) {
             Some(Target::Connection { key, generation }) => {
-                self.drive(registry, key, generation, hints, now);
+                self.drive(registry, key, generation, hints, ms);
             }
             Some(Target::Listener(index)) => {
                 trace!("listener {index}: ready");
@@ -345,13 +425,15 @@ impl EchoServer {
     /// # Errors
     /// Only a listener's failure.
     pub fn handle_timeout(&mut self, registry: &Registry, now: Instant) -> io::Result<()> {
+        let ms = self.clock.millis(now) as u32;
+        self.tracing = log::log_enabled!(log::Level::Trace);
         for _ in 0..self.ready.len() {
             let Some((key, generation)) = self.ready.pop_front() else {
                 break;
             };
             if let Some(conn) = self.current(key, generation) {
                 conn.registered &= !QUEUED;
-                self.drive(registry, key, generation, Hints::default(), now);
+                self.drive(registry, key, generation, Hints::default(), ms);
             }
         }
         self.udp_due(now);
@@ -392,10 +474,20 @@ impl Drop for EchoServer {
 /// What an event said beyond "ready".
 #[derive(Debug, Clone, Copy, Default)]
 struct Hints {
-    // The peer's FIN has arrived.
-    read_closed: bool,
-    // TCP urgent data has arrived.
-    urgent: bool,
+    // The peer's FIN has arrived, or TCP urgent data: either way, read to
+    // the end (`Connection::peer_closing`, `Connection::urgent_data`).
+    read_to_end: bool,
+}
+
+impl Hints {
+    // One flag and `|`: both are rare, and one test in the hot path is
+    // cheaper than two (149.5 -> 148.4 instructions per message).
+    #[inline(always)]
+    fn of(event: &Event) -> Hints {
+        Hints {
+            read_to_end: event.is_read_closed() | event.is_priority(),
+        }
+    }
 }
 
 #[cfg(test)]

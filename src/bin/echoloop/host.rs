@@ -123,13 +123,15 @@ pub fn turn(
         return Err(format!("poll failed: {err}"));
     }
     let now = Instant::now();
-    for event in events.iter() {
-        if server.owns(event.token()) {
-            server
-                .handle_event(poll.registry(), event, now)
-                .map_err(|e| format!("listener failed: {e}"))?;
-        } else {
-            own(server, poll.registry(), event.token(), now);
+    // The whole batch in one call; the host's own few events afterwards.
+    let foreign = server
+        .handle_events(poll.registry(), events, now)
+        .map_err(|e| format!("listener failed: {e}"))?;
+    if foreign > 0 {
+        for event in events.iter() {
+            if !server.owns(event.token()) {
+                own(server, poll.registry(), event.token(), now);
+            }
         }
     }
     server
