@@ -452,3 +452,143 @@ fn issue_11_loadgen_threads_drive_both_multi_threaded_servers() {
     let log = stats_now(&echoloop);
     assert!(per_loop(&log).is_some(), "{log}");
 }
+
+/// Reads to EOF, checking every byte against `seed`'s pattern; the count.
+fn read_until_eof_verified(mut stream: &TcpStream, seed: u64) -> usize {
+    let mut pattern = Pattern::new(seed);
+    let (mut buf, mut expected) = (vec![0u8; 65536], vec![0u8; 65536]);
+    let mut received = 0;
+    loop {
+        let n = stream.read(&mut buf).expect("read echo");
+        if n == 0 {
+            return received;
+        }
+        pattern.fill(&mut expected[..n]);
+        assert!(buf[..n] == expected[..n], "mismatch after {received} bytes");
+        received += n;
+    }
+}
+
+/// Makes one of the server's listening sockets on `port` fail the way a
+/// real listener failure would: duplicates it into this process
+/// (`pidfd_getfd`, Linux 5.6+, needs ptrace rights over the server) and
+/// shuts it down for reading, so the loop that owns it gets `EINVAL` from
+/// `accept`. Err (with the reason) where the kernel or rights do not allow.
+fn break_a_listener(pid: i32, port: u16) -> Result<(), String> {
+    // Listening sockets (state 0A) on `port`, by inode, from the server's
+    // own view of the TCP table.
+    let table =
+        std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).map_err(|e| e.to_string())?;
+    let suffix = format!(":{port:04X}");
+    let inodes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.len() > 9 && f[1].ends_with(&suffix) && f[3] == "0A")
+        .map(|f| f[9].to_string())
+        .collect();
+    let fd = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map_err(|e| e.to_string())?
+        .flatten()
+        .find_map(|entry| {
+            let target = std::fs::read_link(entry.path()).ok()?;
+            let target = target.to_str()?;
+            let inode = target.strip_prefix("socket:[")?.strip_suffix(']')?;
+            inodes.iter().any(|i| i == inode).then(|| entry.file_name())
+        })
+        .and_then(|name| name.to_str()?.parse::<i32>().ok())
+        .ok_or("no listening socket found")?;
+    // SAFETY: plain syscalls on descriptors we own or name by number; the
+    // duplicate is closed before returning.
+    unsafe {
+        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as i32;
+        if pidfd < 0 {
+            return Err(format!("pidfd_open: {}", std::io::Error::last_os_error()));
+        }
+        let dup = libc::syscall(libc::SYS_pidfd_getfd, pidfd, fd, 0) as i32;
+        let err = std::io::Error::last_os_error();
+        libc::close(pidfd);
+        if dup < 0 {
+            return Err(format!("pidfd_getfd: {err}"));
+        }
+        let rc = libc::shutdown(dup, libc::SHUT_RD);
+        let err = std::io::Error::last_os_error();
+        libc::close(dup);
+        if rc != 0 {
+            return Err(format!("shutdown: {err}"));
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn issue_11_a_failed_listener_shuts_every_loop_down_and_exits_1() {
+    let mut server = Server::start(&["--threads", "2", "--shutdown-timeout", "10"]);
+    let addr = server.addr();
+    // Transfers larger than the kernel's buffers are under way on both
+    // loops when one loop's listener fails: each must still be echoed in
+    // full, then end with our FIN.
+    let clients: Vec<TcpStream> = (0..16).map(|_| connect(addr)).collect();
+    let log = stats_until(&server, |log| field(log, "stats:", "active") == Some(16));
+    assert_eq!(field(&log, "stats:", "active"), Some(16), "{log}");
+    // Each client streams until told to stop, a while after the failure,
+    // so no connection is ever quiet across it; then FIN.
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, stream)| {
+            let stop = stop.clone();
+            let seed = 500 + i as u64;
+            let writer = stream.try_clone().unwrap();
+            let sender = thread::spawn(move || {
+                let (mut writer, mut pattern) = (writer, Pattern::new(seed));
+                let (mut chunk, mut sent) = (vec![0u8; 65536], 0usize);
+                while !stop.load(Ordering::Relaxed) {
+                    pattern.fill(&mut chunk);
+                    writer.write_all(&chunk).expect("send");
+                    sent += chunk.len();
+                }
+                finish_sending(&writer);
+                sent
+            });
+            thread::spawn(move || {
+                let echoed = read_until_eof_verified(&stream, seed);
+                let sent = sender.join().expect("sender");
+                assert_eq!(echoed, sent, "client {i}: echo cut short");
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(100));
+    let broken = break_a_listener(server.pid(), addr.port());
+    thread::sleep(Duration::from_millis(100));
+    stop.store(true, Ordering::Relaxed);
+    for (i, w) in workers.into_iter().enumerate() {
+        w.join().unwrap_or_else(|_| panic!("client {i} lost bytes"));
+    }
+    if let Err(why) = broken {
+        println!("skipped: cannot make a listener fail here ({why})");
+        return;
+    }
+    let status = server
+        .wait_for_exit(Duration::from_secs(20))
+        .expect("the other loop did not shut down");
+    assert_eq!(status.code(), Some(1), "stderr: {}", server.stderr());
+    let log = server.stderr();
+    let errors: Vec<&str> = log
+        .lines()
+        .filter(|l| l.starts_with("echoloop: error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{log}");
+    assert!(errors[0].contains("listener failed"), "{log}");
+    assert_eq!(
+        field(&log, "shutdown complete:", "closed_by_shutdown"),
+        Some(16),
+        "{log}"
+    );
+    assert_eq!(
+        field(&log, "shutdown complete:", "closed_with_reset"),
+        Some(0),
+        "{log}"
+    );
+}
