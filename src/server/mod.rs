@@ -553,6 +553,39 @@ mod tests {
         assert_eq!(server.stats().bytes_in, 10);
     }
 
+    // The pause is counted off the common path (`update_interest`), which
+    // every pausing drive must reach: the counter still sees each pause.
+    #[test]
+    fn issue_10_backpressure_pause_is_counted() {
+        let poll = mio::Poll::new().unwrap();
+        let config = Config {
+            max_pending: 4096,
+            read_buffer: 4096,
+            ..Config::default()
+        };
+        let (mut server, addr) = server_with_listener(&poll, config);
+        // A client that sends and never reads, with small buffers so the
+        // echo backs up soon.
+        let client =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        client.set_recv_buffer_size(4096).unwrap();
+        client.connect(&addr.into()).unwrap();
+        let mut client: StdStream = client.into();
+        client.set_nonblocking(true).unwrap();
+        let (key, token) = accept_one(&mut server, &poll);
+        let chunk = [7u8; 16 * 1024];
+        let started = Instant::now();
+        while server.stats().backpressure_pauses == 0 {
+            assert!(started.elapsed() < Duration::from_secs(10), "never paused");
+            let _ = client.write(&chunk);
+            server
+                .handle_token(poll.registry(), token, Hints::default(), Instant::now())
+                .unwrap();
+        }
+        assert_eq!(server.stats().backpressure_pauses, 1);
+        assert!(server.conns[key].is_paused());
+    }
+
     #[test]
     fn tokens_outside_the_range_are_not_ours() {
         let poll = mio::Poll::new().unwrap();
