@@ -52,10 +52,10 @@ impl EchoServer {
         ms: u32,
     ) {
         let Some(conn) = self.conns.get_mut(key) else {
-            return trace!("connection {key}: stale event ignored");
+            return trace_stale(key);
         };
         if conn.generation != generation {
-            return trace!("connection {key}: stale event ignored");
+            return trace_stale(key);
         }
         // No further edge will announce a FIN behind the data, nor the
         // bytes behind an urgent mark: read on to the end.
@@ -208,6 +208,16 @@ impl EchoServer {
 #[inline(never)]
 fn trace_drive(key: usize, progress: Progress, pending: usize) {
     trace!("connection {key}: {progress:?}, {pending} pending");
+}
+
+/// The trace line of a stale event, out of line like `trace_drive`: a
+/// `trace!` in the loop made it load the log level on every event (the
+/// syscalls may write memory, so the load cannot be hoisted), about 2
+/// instructions per message (135.3 -> 134.3).
+#[cold]
+#[inline(never)]
+pub(super) fn trace_stale(key: usize) {
+    trace!("connection {key}: stale event ignored");
 }
 
 /// `interest` plus PRIORITY where urgent data must be noticed (Linux: a

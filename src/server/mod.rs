@@ -357,13 +357,13 @@ impl EchoServer {
                 self.drive(registry, key, generation, hints, ms);
             }
             Some(Target::Listener(index)) => {
-                trace!("listener {index}: ready");
+                trace_listener(index);
                 if self.backoff.is_none() {
                     self.accept(registry, index, now)?;
                 }
             }
             Some(Target::Udp(index)) => self.serve_udp(index, now),
-            None => trace!("token {}: not ours", token.0),
+            None => trace_not_ours(token),
         }
         Ok(())
     }
@@ -469,6 +469,19 @@ impl Drop for EchoServer {
             shared.release_many(self.conns.len());
         }
     }
+}
+
+// Out of line, as `drive::trace_stale` says why.
+#[cold]
+#[inline(never)]
+fn trace_listener(index: usize) {
+    trace!("listener {index}: ready");
+}
+
+#[cold]
+#[inline(never)]
+fn trace_not_ours(token: Token) {
+    trace!("token {}: not ours", token.0);
 }
 
 /// What an event said beyond "ready".
