@@ -309,6 +309,19 @@ impl<S: Stream> Connection<S> {
         self.pending.is_some()
     }
 
+    /// True when the loop's `registered` bits, masked by `mask`, are exactly
+    /// `read` and the connection still wants exactly that: it may read and
+    /// nothing is pending, the state of an echo connection between two
+    /// messages. `registered` and `flags` are adjacent bytes, tested here as
+    /// one 16-bit word: one load and one compare instead of deriving both
+    /// interest bits and comparing them (see `EchoServer::drive`).
+    #[inline(always)]
+    pub(crate) fn wants_just(&self, mask: u8, read: u8) -> bool {
+        let word = u16::from_le_bytes([self.registered, self.flags]);
+        let care = u16::from_le_bytes([mask, READ_CLOSED | PAUSED]);
+        self.pending.is_none() && word & care == u16::from(read)
+    }
+
     /// Bytes of heap this connection's pending buffer holds (its capacity),
     /// 0 when nothing is pending.
     pub fn pending_capacity(&self) -> usize {

@@ -71,7 +71,8 @@ impl HalfClose for mio::net::TcpStream {
 // `Read::read` on a mio `TcpStream` goes mio -> std -> libc: about 24
 // instructions per call in mio and std besides libc's own (profile at 437
 // per message), against about 5 for this direct call, which the loop can
-// also inline. Same syscalls, same flags as std (MSG_NOSIGNAL on send, so a
+// also inline. The same calls as std (`read` is recv without flags on a
+// connected socket), with the same flags (MSG_NOSIGNAL on send, so a
 // peer's reset is an EPIPE error, never a SIGPIPE).
 #[cfg(target_os = "linux")]
 impl Stream for mio::net::TcpStream {
@@ -95,8 +96,9 @@ impl Stream for mio::net::TcpStream {
 /// `recv(fd, buf, len, 0)` and `send(fd, buf, len, MSG_NOSIGNAL)`, as the
 /// echo path makes them: one of each per message.
 ///
-/// On x86_64 Linux they are the bare `syscall` instruction (recvfrom and
-/// sendto with no address, which is what glibc's recv and send do), inlined
+/// On x86_64 Linux they are the bare `syscall` instruction (read, which is
+/// recv without flags, and sendto with no address, which is what glibc's
+/// send does), inlined
 /// into the loop: no call through the PLT, no `errno` (the error is the
 /// negative return), and none of glibc's cancellation-point bookkeeping,
 /// which only matters to threads cancelled with `pthread_cancel`, and
@@ -112,8 +114,29 @@ mod sys {
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     pub(super) unsafe fn recv(fd: RawFd, buf: *mut u8, len: usize) -> io::Result<usize> {
-        // recvfrom(fd, buf, len, 0, NULL, NULL)
-        result(syscall6(libc::SYS_recvfrom, fd, buf as usize, len, 0))
+        // read(fd, buf, len): on a connected stream socket, recv with no
+        // flags is read (recv(2): "With a zero flags argument, recv() is
+        // generally equivalent to read(2)"), and three arguments instead of
+        // recvfrom's six leave r10, r8 and r9 to the loop: no zeroing, and
+        // no reload of what the loop kept there (141.4 -> 139.2 instructions
+        // per message).
+        let ret: isize;
+        // SAFETY: per the function's contract; the kernel writes at most
+        // `len` bytes at `buf`, and preserves every register but rax, rcx,
+        // r11.
+        unsafe {
+            std::arch::asm!(
+                "syscall",
+                inlateout("rax") libc::SYS_read as isize => ret,
+                in("rdi") fd as isize,
+                in("rsi") buf as usize,
+                in("rdx") len,
+                lateout("rcx") _,
+                lateout("r11") _,
+                options(nostack),
+            );
+        }
+        result(ret)
     }
 
     /// # Safety
@@ -121,13 +144,13 @@ mod sys {
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     pub(super) unsafe fn send(fd: RawFd, buf: *const u8, len: usize) -> io::Result<usize> {
-        // sendto(fd, buf, len, MSG_NOSIGNAL, NULL, 0)
+        // sendto(fd, buf, len, MSG_NOSIGNAL, NULL, -)
         let flags = libc::MSG_NOSIGNAL as usize;
-        result(syscall6(libc::SYS_sendto, fd, buf as usize, len, flags))
+        result(syscall5(libc::SYS_sendto, fd, buf as usize, len, flags))
     }
 
     /// The x86_64 Linux system call convention: number in rax, arguments
-    /// in rdi, rsi, rdx, r10, r8, r9 (here the last two are NULL / 0), the
+    /// in rdi, rsi, rdx, r10, r8, r9 (here r8 is NULL, r9 unused), the
     /// result in rax; the instruction clobbers rcx and r11.
     ///
     /// # Safety
@@ -135,7 +158,7 @@ mod sys {
     /// `len` bytes, as the callers above promise.
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    unsafe fn syscall6(nr: libc::c_long, fd: RawFd, buf: usize, len: usize, flags: usize) -> isize {
+    unsafe fn syscall5(nr: libc::c_long, fd: RawFd, buf: usize, len: usize, flags: usize) -> isize {
         let ret: isize;
         // SAFETY: per the function's contract; the kernel touches no other
         // memory of ours and preserves every register but rax, rcx, r11.
@@ -148,7 +171,11 @@ mod sys {
                 in("rdx") len,
                 in("r10") flags,
                 in("r8") 0usize,
-                in("r9") 0usize,
+                // r9 (addrlen) is left as it is: sendto(2) ignores it on a
+                // connected stream socket, and Linux reads it only when the
+                // address in r8 is not NULL (net/socket.c, __sys_sendto).
+                // Not setting it spares the register the loop keeps there
+                // (139.2 -> 137.3 instructions per message).
                 lateout("rcx") _,
                 lateout("r11") _,
                 options(nostack),

