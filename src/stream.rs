@@ -144,13 +144,13 @@ mod sys {
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     pub(super) unsafe fn send(fd: RawFd, buf: *const u8, len: usize) -> io::Result<usize> {
-        // sendto(fd, buf, len, MSG_NOSIGNAL, NULL, -)
+        // sendto(fd, buf, len, MSG_NOSIGNAL, NULL, 0)
         let flags = libc::MSG_NOSIGNAL as usize;
-        result(syscall5(libc::SYS_sendto, fd, buf as usize, len, flags))
+        result(syscall6(libc::SYS_sendto, fd, buf as usize, len, flags))
     }
 
     /// The x86_64 Linux system call convention: number in rax, arguments
-    /// in rdi, rsi, rdx, r10, r8, r9 (here r8 is NULL, r9 unused), the
+    /// in rdi, rsi, rdx, r10, r8, r9 (here the last two are NULL / 0), the
     /// result in rax; the instruction clobbers rcx and r11.
     ///
     /// # Safety
@@ -158,7 +158,7 @@ mod sys {
     /// `len` bytes, as the callers above promise.
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    unsafe fn syscall5(nr: libc::c_long, fd: RawFd, buf: usize, len: usize, flags: usize) -> isize {
+    unsafe fn syscall6(nr: libc::c_long, fd: RawFd, buf: usize, len: usize, flags: usize) -> isize {
         let ret: isize;
         // SAFETY: per the function's contract; the kernel touches no other
         // memory of ours and preserves every register but rax, rcx, r11.
@@ -171,11 +171,7 @@ mod sys {
                 in("rdx") len,
                 in("r10") flags,
                 in("r8") 0usize,
-                // r9 (addrlen) is left as it is: sendto(2) ignores it on a
-                // connected stream socket, and Linux reads it only when the
-                // address in r8 is not NULL (net/socket.c, __sys_sendto).
-                // Not setting it spares the register the loop keeps there
-                // (139.2 -> 137.3 instructions per message).
+                in("r9") 0usize,
                 lateout("rcx") _,
                 lateout("r11") _,
                 options(nostack),
