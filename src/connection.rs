@@ -14,6 +14,7 @@ use std::io::{self, ErrorKind};
 
 use mio::Interest;
 
+pub use crate::buffers::{Pending, Scratch};
 pub use crate::stream::{HalfClose, Stream};
 
 /// On Linux a read of a stream socket that returns fewer bytes than asked for
@@ -24,135 +25,6 @@ pub use crate::stream::{HalfClose, Stream};
 /// One exception: a FIN queued behind the data raises no new edge, so once the
 /// event said the peer closed ([`Connection::peer_closing`]) we read on to 0.
 const SHORT_READ_DRAINS: bool = cfg!(target_os = "linux");
-
-/// Spare pending buffers kept for reuse, so that a steady stream of partial
-/// writes does not allocate. Beyond this, drained buffers are freed.
-const SPARE_BUFFERS: usize = 64;
-
-/// Freed pending-buffer bytes after which the allocator is asked to give
-/// free memory back to the system (issue 8: after 2,000 non-reading clients
-/// left, RSS stayed at its peak of 80 MiB; with this it falls back near idle).
-const TRIM_AFTER: usize = 4 << 20;
-
-/// Gives the allocator's free pages back to the system. glibc keeps freed
-/// 64 KiB blocks in its heap, where they count as resident forever unless
-/// they happen to sit at its top; `malloc_trim` releases every whole free
-/// page. It walks the heap, so it runs once per `TRIM_AFTER` bytes freed,
-/// never per message. Other allocators return memory on their own.
-fn return_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only reorganises the allocator's free lists; it
-    // touches no live allocation.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
-/// Bytes read but not yet echoed, for one connection.
-///
-/// Exists only while something is pending; an idle connection owns none.
-#[derive(Debug, Default)]
-pub struct Pending {
-    // Bytes in start..buf.len() are read but not yet written back.
-    // start <= buf.len()
-    buf: Vec<u8>,
-    start: usize,
-}
-
-impl Pending {
-    fn len(&self) -> usize {
-        self.buf.len() - self.start
-    }
-
-    fn unsent(&self) -> &[u8] {
-        &self.buf[self.start..]
-    }
-
-    /// Appends `bytes`; the capacity never exceeds `bound` unless the unsent
-    /// bytes themselves need more.
-    fn push(&mut self, bytes: &[u8], bound: usize) {
-        // Move the unsent tail to the front before growing, so the buffer's
-        // capacity stays near the high-water mark instead of creeping upward.
-        if self.start > 0 && self.buf.len() + bytes.len() > self.buf.capacity() {
-            self.buf.drain(..self.start);
-            self.start = 0;
-        }
-        let needed = self.buf.len() + bytes.len();
-        if needed > self.buf.capacity() {
-            // Double as a Vec would, but never past the bound: a doubled
-            // 64 KiB buffer would hold 128 KiB for a 64 KiB cap (issue 8).
-            let target = needed.max(self.buf.capacity().saturating_mul(2).min(bound));
-            self.buf.reserve_exact(target - self.buf.len());
-        }
-        self.buf.extend_from_slice(bytes);
-    }
-
-    fn capacity(&self) -> usize {
-        self.buf.capacity()
-    }
-
-    fn consume(&mut self, n: usize) {
-        self.start += n;
-        if self.start == self.buf.len() {
-            self.buf.clear();
-            self.start = 0;
-        }
-    }
-}
-
-/// Buffers owned by the loop and lent to a connection while it is driven.
-///
-/// One read buffer serves every connection, so memory per idle connection does
-/// not include a read buffer; spare pending buffers are pooled for reuse.
-#[derive(Debug)]
-pub struct Scratch {
-    read: Vec<u8>,
-    // Boxed because connections hold a `Box<Pending>` (one pointer, not a
-    // 24-byte Vec), and a box moves between pool and connection as it is.
-    #[allow(clippy::vec_box)]
-    spare: Vec<Box<Pending>>,
-    // Bytes of pending buffers freed (not pooled) since memory was last
-    // handed back to the system.
-    freed: usize,
-}
-
-impl Scratch {
-    /// Creates a scratch area whose read buffer holds `read_size` bytes.
-    ///
-    /// # Panics
-    /// Panics if `read_size` is 0.
-    ///
-    /// ```
-    /// let scratch = echoloop::Scratch::new(64 * 1024);
-    /// # drop(scratch);
-    /// ```
-    pub fn new(read_size: usize) -> Scratch {
-        assert!(read_size > 0, "the read buffer must hold at least one byte");
-        Scratch {
-            read: vec![0; read_size],
-            spare: Vec::new(),
-            freed: 0,
-        }
-    }
-
-    /// Size of the read buffer.
-    pub fn read_len(&self) -> usize {
-        self.read.len()
-    }
-
-    fn give_back(&mut self, pending: Box<Pending>) {
-        if self.spare.len() < SPARE_BUFFERS {
-            self.spare.push(pending);
-            return;
-        }
-        self.freed = self.freed.saturating_add(pending.capacity());
-        drop(pending);
-        if self.freed >= TRIM_AFTER {
-            self.freed = 0;
-            return_free_memory();
-        }
-    }
-}
 
 /// Limits that shape one [`Connection::drive`] call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -62,7 +62,7 @@
 //!    shutdown deadline; [`EchoServer::poll_timeout`] said how long to sleep.
 //!
 //! In the source, each concern has a file of its own under `src/server/`:
-//! `mod.rs` routes events and holds the two per-turn calls, `accept.rs`
+//! `mod.rs` holds the two per-turn calls, `route.rs` routes events, `accept.rs`
 //! accepts (and backs off when descriptors run out), `drive.rs` runs one
 //! connection's turn around [`Connection::drive`] and is the one place that
 //! closes, `deadlines.rs` keeps the idle deadlines, `shutdown.rs` the orderly
@@ -71,7 +71,8 @@
 //! (below). `src/stream.rs` says what a connection needs from its socket:
 //! on Linux its `recv` and `send` go straight to the kernel (on x86_64 as
 //! the bare `syscall` instruction, elsewhere through libc), the two calls
-//! each echoed message makes.
+//! each echoed message makes. `src/buffers.rs` keeps the shared read buffer
+//! and the pending buffers a connection holds only while bytes wait.
 //!
 //! # Rules of readiness I/O this crate follows
 //!
@@ -191,6 +192,7 @@
 //! group ([`server::udp_group`]).
 #![deny(missing_docs)]
 
+mod buffers;
 pub mod config;
 pub mod connection;
 #[cfg(any(test, feature = "scripted"))]

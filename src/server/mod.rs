@@ -14,9 +14,11 @@
 //! A host that routes events itself calls `handle_event` for each event the
 //! server [`owns`](EchoServer::owns) instead.
 //!
-//! This file routes events and timeouts; each concern has a room beside it,
-//! and each adds its own `impl EchoServer` block:
+//! This file holds the server's fields and the per-turn calls (what is due,
+//! how long the host may sleep); each concern has a room beside it, and
+//! each adds its own `impl EchoServer` block:
 //!
+//! * `route.rs`: events in, by token, to the room below that owns them.
 //! * `accept.rs`: listeners, accepting (bounded per turn), the connection
 //!   limit, and what happens when descriptors run out (the back-off).
 //! * `drive.rs`: one connection's turn: echo, interest, the ready queue of
@@ -40,15 +42,13 @@ use std::collections::{BinaryHeap, VecDeque};
 use std::io;
 use std::time::{Duration, Instant};
 
-use log::trace;
-use mio::event::Event;
 use mio::net::TcpStream;
-use mio::{Events, Interest, Registry, Token};
+use mio::{Interest, Registry, Token};
 use slab::Slab;
 
 use crate::config::Config;
 use crate::connection::{Connection, Limits, Scratch};
-use crate::token::{Target, Tokens};
+use crate::token::Tokens;
 
 mod accept;
 mod deadlines;
@@ -56,6 +56,7 @@ mod drive;
 mod limit;
 mod rate;
 mod reuseport;
+mod route;
 mod shutdown;
 mod stats;
 mod udp;
@@ -69,6 +70,7 @@ pub use udp::{refused_source_port, MAX_UDP_SOCKETS, UDP_BUFFER, UDP_DATAGRAMS_PE
 use accept::{Backoff, Listener};
 use deadlines::{Clock, IdleCheck};
 use drive::QUEUED;
+use route::Hints;
 use shutdown::Shutdown;
 use udp::Udp;
 
@@ -249,125 +251,6 @@ impl EchoServer {
         self.tokens.range()
     }
 
-    /// Handles one event for a token this server owns; ignores others.
-    ///
-    /// A listener event accepts up to `accepts_per_turn` connections; a
-    /// connection event echoes up to `budget` bytes on that connection; a
-    /// UDP socket's event echoes up to [`UDP_DATAGRAMS_PER_TURN`] datagrams.
-    /// Events are hints: a stale one (for a connection already closed, even if
-    /// its slab slot was reused since) is ignored at no cost.
-    ///
-    /// # Errors
-    /// Only a listener's failure; a connection's failure closes it.
-    pub fn handle_event(
-        &mut self,
-        registry: &Registry,
-        event: &Event,
-        now: Instant,
-    ) -> io::Result<()> {
-        self.handle_token(registry, event.token(), Hints::of(event), now)
-    }
-
-    /// Handles every event in `events` whose token this server owns, in
-    /// order, as [`EchoServer::handle_event`] would one by one, and returns
-    /// how many it left to the host: events for tokens outside its range,
-    /// which the host then routes itself (when the count is not 0).
-    ///
-    /// This is the cheaper way to hand over a batch: one call per `poll`
-    /// instead of one per event, so the host's loop does no routing, no
-    /// [`owns`](EchoServer::owns) check and no error mapping per event
-    /// (with `handle_token` inlined into this loop: 202 -> 169 instructions
-    /// per message, benches/instructions.sh).
-    ///
-    /// Work: as [`EchoServer::handle_event`] for each owned event.
-    ///
-    /// # Errors
-    /// Only a listener's failure; the events after it in the batch are then
-    /// left unhandled.
-    ///
-    /// ```
-    /// use std::time::Instant;
-    /// use mio::{Events, Interest, Poll, Token, Waker};
-    /// use echoloop::{Config, EchoServer};
-    ///
-    /// const WAKE: Token = Token(0);
-    /// let mut poll = Poll::new()?;
-    /// let waker = Waker::new(poll.registry(), WAKE)?;
-    /// let mut server = EchoServer::new(Config::default(), Token(1));
-    /// server.bind("127.0.0.1:0".parse().unwrap())?;
-    /// server.register(poll.registry())?;
-    ///
-    /// waker.wake()?;
-    /// let mut events = Events::with_capacity(64);
-    /// poll.poll(&mut events, server.poll_timeout(Instant::now()))?;
-    /// let now = Instant::now();
-    /// let left = server.handle_events(poll.registry(), &events, now)?;
-    /// assert_eq!(left, 1, "the waker's event is the host's");
-    /// for event in events.iter().filter(|e| !server.owns(e.token())) {
-    ///     assert_eq!(event.token(), WAKE);
-    /// }
-    /// server.handle_timeout(poll.registry(), now)?;
-    /// # Ok::<(), std::io::Error>(())
-    /// ```
-    pub fn handle_events(
-        &mut self,
-        registry: &Registry,
-        events: &Events,
-        now: Instant,
-    ) -> io::Result<usize> {
-        let mut foreign = 0;
-        // The batch's time for `last_active`, read off the clock once.
-        let ms = self.clock.millis(now) as u32;
-        self.tracing = log::log_enabled!(log::Level::Trace);
-        for event in events.iter() {
-            if self.owns(event.token()) {
-                self.route(registry, event.token(), Hints::of(event), now, ms)?;
-            } else {
-                foreign += 1;
-            }
-        }
-        Ok(foreign)
-    }
-
-    fn handle_token(
-        &mut self,
-        registry: &Registry,
-        token: Token,
-        hints: Hints,
-        now: Instant,
-    ) -> io::Result<()> {
-        let ms = self.clock.millis(now) as u32;
-        self.tracing = log::log_enabled!(log::Level::Trace);
-        self.route(registry, token, hints, now, ms)
-    }
-
-    /// Routes one event; `ms` is `now` on the server's clock, which the
-    /// caller reads once for a whole batch.
-    #[inline(always)]
-    fn route(
-        &mut self,
-        registry: &Registry,
-        token: Token,
-        hints: Hints,
-        now: Instant,
-        ms: u32,
-    ) -> io::Result<()> {
-        match self.tokens.decode(token) {
-            Some(Target::Connection { key, generation }) => {
-                self.drive(registry, key, generation, hints, ms);
-            }
-            Some(Target::Listener(index)) => {
-                trace_listener(index);
-                if self.backoff.is_none() {
-                    self.accept(registry, index, now)?;
-                }
-            }
-            Some(Target::Udp(index)) => self.serve_udp(index, now),
-            None => trace_not_ours(token),
-        }
-        Ok(())
-    }
-
     /// How long the host may sleep before calling [`EchoServer::handle_timeout`].
     ///
     /// Zero while budgeted work is left over (a connection yielded, a listener
@@ -473,38 +356,6 @@ impl Drop for EchoServer {
     fn drop(&mut self) {
         if let Some(shared) = &self.shared {
             shared.release_many(self.conns.len());
-        }
-    }
-}
-
-// Out of line, as `drive::trace_stale` says why.
-#[cold]
-#[inline(never)]
-fn trace_listener(index: usize) {
-    trace!("listener {index}: ready");
-}
-
-#[cold]
-#[inline(never)]
-fn trace_not_ours(token: Token) {
-    trace!("token {}: not ours", token.0);
-}
-
-/// What an event said beyond "ready".
-#[derive(Debug, Clone, Copy, Default)]
-struct Hints {
-    // The peer's FIN has arrived, or TCP urgent data: either way, read to
-    // the end (`Connection::peer_closing`, `Connection::urgent_data`).
-    read_to_end: bool,
-}
-
-impl Hints {
-    // One flag and `|`: both are rare, and one test in the hot path is
-    // cheaper than two (149.5 -> 148.4 instructions per message).
-    #[inline(always)]
-    fn of(event: &Event) -> Hints {
-        Hints {
-            read_to_end: event.is_read_closed() | event.is_priority(),
         }
     }
 }
