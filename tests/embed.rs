@@ -27,6 +27,18 @@ struct HostReport {
     wakes: usize,
 }
 
+/// The host's own sources beside the server: a UDP socket (its address)
+/// and a waker, registered under the host's tokens.
+fn host_sources(poll: &Poll) -> (UdpSocket, SocketAddr, Arc<Waker>) {
+    let mut udp = UdpSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let udp_addr = udp.local_addr().unwrap();
+    poll.registry()
+        .register(&mut udp, HOST_UDP, Interest::READABLE)
+        .unwrap();
+    let waker = Arc::new(Waker::new(poll.registry(), HOST_WAKER).unwrap());
+    (udp, udp_addr, waker)
+}
+
 #[test]
 fn two_servers_share_one_poll_and_host_events_are_untouched() {
     let mut poll = Poll::new().unwrap();
@@ -48,12 +60,7 @@ fn two_servers_share_one_poll_and_host_events_are_untouched() {
     a.register(poll.registry()).unwrap();
     b.register(poll.registry()).unwrap();
 
-    let mut udp = UdpSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let udp_addr = udp.local_addr().unwrap();
-    poll.registry()
-        .register(&mut udp, HOST_UDP, Interest::READABLE)
-        .unwrap();
-    let waker = Arc::new(Waker::new(poll.registry(), HOST_WAKER).unwrap());
+    let (udp, udp_addr, waker) = host_sources(&poll);
     let stop = Arc::new(AtomicBool::new(false));
 
     let host_stop = stop.clone();
@@ -154,12 +161,7 @@ fn issue_10_handle_events_serves_the_batch_and_leaves_the_hosts_events() {
     let mut server = EchoServer::new(Config::default(), Token(2));
     let addr = server.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     server.register(poll.registry()).unwrap();
-    let mut udp = UdpSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let udp_addr = udp.local_addr().unwrap();
-    poll.registry()
-        .register(&mut udp, HOST_UDP, Interest::READABLE)
-        .unwrap();
-    let waker = Arc::new(Waker::new(poll.registry(), HOST_WAKER).unwrap());
+    let (udp, udp_addr, waker) = host_sources(&poll);
 
     const CLIENTS: u64 = 4;
     const TOTAL: usize = 200_000;
