@@ -209,7 +209,7 @@ impl EchoServer {
                 return;
             }
         }
-        let now_ms = self.millis(now);
+        let now_ms = self.clock.millis(now);
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         // A new generation for each connection, so tokens of the slot's

@@ -112,10 +112,6 @@ impl EchoServer {
                 .is_some_and(|conn| conn.generation == check.generation)
         });
     }
-
-    pub(super) fn millis(&self, now: Instant) -> u64 {
-        self.clock.since_epoch(now)
-    }
 }
 
 /// The server's epoch, and the milliseconds since it at the `now` seen last.

@@ -5,18 +5,17 @@
 //! `Connection::drive` in `connection.rs`, which never sees a `Registry`;
 //! this file is what the loop does around it. `close` is the one place that
 //! deregisters a socket, and the one place that decides between an orderly
-//! FIN and a reset. Events reach `drive` through `handle_event` in `mod.rs`,
-//! and queued connections through `handle_timeout`.
+//! FIN and a reset. Events reach `drive` through `route` in `route.rs`, and
+//! queued connections through `handle_timeout` in `mod.rs`.
 
 use std::time::Duration;
 
 use log::{debug, trace};
-use mio::net::TcpStream;
 use mio::{Interest, Registry};
 
 use super::shutdown::unread;
 use super::{EchoServer, Hints};
-use crate::connection::{Connection, Progress};
+use crate::connection::Progress;
 
 // Bits of `Connection::registered`: the interest mio currently has for the
 // connection, and whether it sits in the ready queue.
@@ -117,8 +116,8 @@ impl EchoServer {
             self.stats.backpressure_pauses += 1;
         }
         let conn = &mut self.conns[key];
-        let bits = wanted_bits(conn);
-        if bits == conn.registered & (REG_READ | REG_WRITE) {
+        let want = conn.wanted();
+        if want.map_or(0, interest_bits) == conn.registered & (REG_READ | REG_WRITE) {
             return true;
         }
         if conn.is_done() {
@@ -131,14 +130,14 @@ impl EchoServer {
             return false;
         }
         // Only a connection that is done wants nothing.
-        if let Some(want) = conn.wanted() {
+        if let Some(want) = want {
             let token = self.tokens.connection(key, conn.generation);
             if let Err(err) = registry.reregister(conn.stream_mut(), token, with_urgent(want)) {
                 debug!("connection {key}: closed, reregister failed: {err}");
                 self.close(registry, key, Reason::Error);
                 return false;
             }
-            conn.registered = bits | (conn.registered & QUEUED);
+            conn.registered = interest_bits(want) | (conn.registered & QUEUED);
         }
         true
     }
@@ -233,12 +232,15 @@ pub(super) fn with_urgent(interest: Interest) -> Interest {
     interest
 }
 
-/// The `REG_*` bits of `conn.wanted()`, read off its two predicates without
-/// building an `Interest` (about 26 instructions per message before, 12
-/// now).
-#[inline]
-fn wanted_bits(conn: &Connection<TcpStream>) -> u8 {
-    let read = if conn.wants_read() { REG_READ } else { 0 };
-    let write = if conn.wants_write() { REG_WRITE } else { 0 };
-    read | write
+/// The `REG_*` bits of an interest (off the hot path: only when the
+/// interest may have changed).
+fn interest_bits(interest: Interest) -> u8 {
+    let mut bits = 0;
+    if interest.is_readable() {
+        bits |= REG_READ;
+    }
+    if interest.is_writable() {
+        bits |= REG_WRITE;
+    }
+    bits
 }

@@ -314,8 +314,7 @@ impl EchoServer {
     /// # Errors
     /// Only a listener's failure.
     pub fn handle_timeout(&mut self, registry: &Registry, now: Instant) -> io::Result<()> {
-        let ms = self.clock.millis(now) as u32;
-        self.tracing = log::log_enabled!(log::Level::Trace);
+        let ms = self.begin_call(now);
         for _ in 0..self.ready.len() {
             let Some((key, generation)) = self.ready.pop_front() else {
                 break;

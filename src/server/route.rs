@@ -88,9 +88,7 @@ impl EchoServer {
         now: Instant,
     ) -> io::Result<usize> {
         let mut foreign = 0;
-        // The batch's time for `last_active`, read off the clock once.
-        let ms = self.clock.millis(now) as u32;
-        self.tracing = log::log_enabled!(log::Level::Trace);
+        let ms = self.begin_call(now);
         for event in events.iter() {
             if self.owns(event.token()) {
                 self.route(registry, event.token(), Hints::of(event), now, ms)?;
@@ -108,9 +106,18 @@ impl EchoServer {
         hints: Hints,
         now: Instant,
     ) -> io::Result<()> {
-        let ms = self.clock.millis(now) as u32;
-        self.tracing = log::log_enabled!(log::Level::Trace);
+        let ms = self.begin_call(now);
         self.route(registry, token, hints, now, ms)
+    }
+
+    /// What every call from the host reads once rather than per event: the
+    /// time on the server's clock (for `last_active`), which it returns,
+    /// and whether trace logging is on (`tracing`; read per event, it cost
+    /// 3 instructions per message: 148.4 -> 145.3).
+    #[inline]
+    pub(super) fn begin_call(&mut self, now: Instant) -> u32 {
+        self.tracing = log::log_enabled!(log::Level::Trace);
+        self.clock.millis(now) as u32
     }
 
     /// Routes one event; `ms` is `now` on the server's clock, which the

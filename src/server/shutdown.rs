@@ -103,7 +103,7 @@ impl EchoServer {
         }
         // Every connection is read once more (bytes may sit in its receive
         // queue with no edge to come), and its quiet period starts now.
-        let now_ms = self.millis(now) as u32;
+        let now_ms = self.clock.millis(now) as u32;
         for key in self.keys() {
             self.conns[key].last_active = now_ms;
             self.queue(key);
@@ -163,7 +163,7 @@ impl EchoServer {
             return;
         }
         shutdown.next_sweep = now.checked_add(QUIET_SWEEP).unwrap_or(now);
-        let now_ms = self.millis(now) as u32;
+        let now_ms = self.clock.millis(now) as u32;
         let quiet_ms = millis_of(SHUTDOWN_QUIET) as u32;
         for key in self.keys() {
             let conn = &mut self.conns[key];

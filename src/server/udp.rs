@@ -234,7 +234,7 @@ impl EchoServer {
     /// Echoes up to [`UDP_DATAGRAMS_PER_TURN`] datagrams on one socket.
     /// Work: at most that many `recvfrom` and `sendto` calls.
     pub(super) fn serve_udp(&mut self, index: usize, now: Instant) {
-        let now_ms = self.millis(now);
+        let now_ms = self.clock.millis(now);
         let Udp {
             endpoints,
             buf,
@@ -277,22 +277,23 @@ impl EchoServer {
                 stats.udp_truncated += 1;
                 continue;
             }
-            let port = from.as_socket().map_or(0, |a| a.port());
+            // IP sources only (a UDP socket of ours receives no other kind).
+            let source = from.as_socket();
+            let port = source.map_or(0, |a| a.port());
             if refused_source_port(port) || endpoints.iter().any(|e| e.addr.port() == port) {
                 if !*refused_warned {
                     *refused_warned = true;
                     warn!(
                         "udp {index}: not answering a datagram from {} (source port {port} \
                          could start a reflection loop); further ones are only counted",
-                        from.as_socket()
-                            .map_or_else(|| "?".to_string(), |a| a.to_string())
+                        source.map_or_else(|| "?".to_string(), |a| a.to_string())
                     );
                 }
                 trace!("udp {index}: datagram from port {port} refused");
                 stats.udp_refused += 1;
                 continue;
             }
-            if let (Some(limit), Some(source)) = (limit.as_mut(), from.as_socket()) {
+            if let (Some(limit), Some(source)) = (limit.as_mut(), source) {
                 if !limit.allow(source.ip(), now_ms) {
                     trace!("udp {index}: {source} over the rate limit, not answered");
                     stats.udp_rate_limited += 1;
