@@ -17,6 +17,7 @@ use std::net::IpAddr;
 /// Buckets in the table (a power of two): 4,096 × 32 bytes = 128 KiB,
 /// allocated with the first UDP socket when the limit is on.
 pub(super) const SOURCES: usize = 4096;
+const _: () = assert!(SOURCES.is_power_of_two());
 
 #[derive(Clone, Copy)]
 struct Bucket {
@@ -54,7 +55,9 @@ impl SourceLimit {
             IpAddr::V6(v6) => u128::from(v6),
         };
         let folded = (key as u64) ^ ((key >> 64) as u64);
-        let slot = (folded.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 52) as usize % SOURCES;
+        // Fibonacci hashing: the top log2(SOURCES) bits of the product.
+        let slot = (folded.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - SOURCES.trailing_zeros()))
+            as usize;
         let rate = self.rate;
         let bucket = &mut self.buckets[slot];
         if bucket.key != key {
@@ -67,8 +70,18 @@ impl SourceLimit {
             let elapsed = now_ms.saturating_sub(bucket.at_ms);
             let earned = elapsed.saturating_mul(u64::from(rate)) / 1000;
             if earned > 0 {
-                bucket.tokens = (u64::from(bucket.tokens) + earned).min(u64::from(rate)) as u32;
-                bucket.at_ms = now_ms;
+                let tokens = u64::from(bucket.tokens) + earned;
+                if tokens >= u64::from(rate) {
+                    // Full: time spent full earns nothing.
+                    bucket.tokens = rate;
+                    bucket.at_ms = now_ms;
+                } else {
+                    // Keep the fraction of a token earned so far: advance
+                    // the refill time only by what `earned` paid for
+                    // (earned < rate here, so no overflow; <= elapsed).
+                    bucket.tokens = tokens as u32;
+                    bucket.at_ms += earned * 1000 / u64::from(rate);
+                }
             }
         }
         if bucket.tokens == 0 {
@@ -96,6 +109,19 @@ mod tests {
         assert_eq!((0..20).filter(|_| limit.allow(a, 5000)).count(), 10);
         // Time going backwards (it never does) earns nothing, breaks nothing.
         assert!(!limit.allow(a, 0));
+    }
+
+    #[test]
+    fn refills_keep_the_fraction_of_a_token() {
+        // 10 per second, asked every 150 ms (1.5 tokens each time): over
+        // 3 s a drained source earns 30 replies, not one per ask (20).
+        let mut limit = SourceLimit::new(10);
+        let a: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!((0..10).filter(|_| limit.allow(a, 0)).count(), 10);
+        let allowed: usize = (1..=20u64)
+            .map(|i| (0..2).filter(|_| limit.allow(a, i * 150)).count())
+            .sum();
+        assert_eq!(allowed, 30);
     }
 
     #[test]
