@@ -330,6 +330,14 @@ impl Options {
     }
 }
 
+/// `program` pinned to `core` when it runs one thread, unpinned otherwise.
+fn placed(program: PathBuf, core: usize, threads: usize) -> Command {
+    match threads {
+        1 => pinned(program, core),
+        _ => Command::new(program),
+    }
+}
+
 /// A command pinned to one core.
 fn pinned(program: impl Into<PathBuf>, core: usize) -> Command {
     let mut cmd = Command::new(program.into());
@@ -358,14 +366,10 @@ impl Server {
     /// `SERVER_CORE` for one, unpinned for more. With `udp`, it serves UDP
     /// echo too, and `addr` is the UDP one.
     fn start(peer: Peer, threads: usize, udp: bool) -> Server {
-        let placed = |program: PathBuf| match threads {
-            1 => pinned(program, SERVER_CORE),
-            _ => Command::new(program),
-        };
         let n = threads.to_string();
         let mut cmd = match peer {
             Peer::Echoloop => {
-                let mut cmd = placed(env!("CARGO_BIN_EXE_echoloop").into());
+                let mut cmd = placed(env!("CARGO_BIN_EXE_echoloop").into(), SERVER_CORE, threads);
                 cmd.args(["--listen", "127.0.0.1:0"])
                     .env("RUST_LOG", "warn");
                 if udp {
@@ -377,7 +381,11 @@ impl Server {
                 cmd
             }
             Peer::Tokio => {
-                let mut cmd = placed(std::env::current_exe().expect("own path"));
+                let mut cmd = placed(
+                    std::env::current_exe().expect("own path"),
+                    SERVER_CORE,
+                    threads,
+                );
                 if udp {
                     cmd.args(["loadgen", "tokio-udp-echo", "--listen", "127.0.0.1:0"]);
                 } else {
@@ -544,10 +552,11 @@ fn run_load(server: &Server, cell: &Cell, duration: f64, perf: bool, rss_empty: 
         (child, out)
     });
     let cpu_before = server.cpu_us();
-    let mut load = match cell.threads {
-        1 => pinned(std::env::current_exe().expect("own path"), LOAD_CORE),
-        _ => Command::new(std::env::current_exe().expect("own path")),
-    };
+    let mut load = placed(
+        std::env::current_exe().expect("own path"),
+        LOAD_CORE,
+        cell.threads,
+    );
     let mut load = load
         .args(&args[..])
         .stdout(Stdio::piped())
@@ -737,8 +746,12 @@ impl Report {
 /// The scaling table: each multi-loop cell beside the pinned 1-loop cell it
 /// scales (when that ran too); empty without multi-loop cells.
 fn scaling_table(cells: &[Cell], summary: &[[f64; 4]]) -> String {
-    let mut bases: Vec<&str> = cells.iter().filter_map(|c| c.scales).collect();
-    bases.dedup();
+    let mut bases: Vec<&str> = Vec::new();
+    for base in cells.iter().filter_map(|c| c.scales) {
+        if !bases.contains(&base) {
+            bases.push(base);
+        }
+    }
     if bases.is_empty() {
         return String::new();
     }

@@ -769,8 +769,7 @@ fn run_part(plan: Plan, gate: Option<&threads::Gate>) -> io::Result<(Report, His
         &mut buf,
         &mut stats,
     )?;
-    let h = &stats.hist;
-    let report = Report {
+    let mut report = Report {
         mode: format!("{:?}", plan.kind).to_lowercase(),
         conns: plan.conns,
         active,
@@ -779,11 +778,11 @@ fn run_part(plan: Plan, gate: Option<&threads::Gate>) -> io::Result<(Report, His
         seconds: plan.duration.as_secs_f64(),
         msgs: stats.msgs,
         bytes: stats.bytes,
-        p50_us: h.value_at_quantile(0.5),
-        p99_us: h.value_at_quantile(0.99),
-        p999_us: h.value_at_quantile(0.999),
-        max_us: h.max(),
-        latency_samples: h.len(),
+        p50_us: 0,
+        p99_us: 0,
+        p999_us: 0,
+        max_us: 0,
+        latency_samples: 0,
         errors: stats.errors,
         mismatches: stats.mismatches,
         held,
@@ -795,6 +794,7 @@ fn run_part(plan: Plan, gate: Option<&threads::Gate>) -> io::Result<(Report, His
         late: 0,
         threads: 1,
     };
+    report.set_latency(&stats.hist);
     Ok((report, stats.hist))
 }
 

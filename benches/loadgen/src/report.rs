@@ -1,5 +1,7 @@
 //! What a run measured, as a short table or one JSON line.
 
+use hdrhistogram::Histogram;
+
 use crate::Close;
 
 /// What a run measured.
@@ -48,6 +50,15 @@ pub struct Report {
 }
 
 impl Report {
+    /// Fills the latency fields (p50, p99, p99.9, max, samples) from `h`.
+    pub fn set_latency(&mut self, h: &Histogram<u64>) {
+        self.p50_us = h.value_at_quantile(0.5);
+        self.p99_us = h.value_at_quantile(0.99);
+        self.p999_us = h.value_at_quantile(0.999);
+        self.max_us = h.max();
+        self.latency_samples = h.len();
+    }
+
     pub fn msgs_per_sec(&self) -> f64 {
         self.msgs as f64 / self.seconds.max(1e-9)
     }

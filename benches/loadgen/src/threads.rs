@@ -110,11 +110,7 @@ pub(crate) fn run(plan: Plan) -> io::Result<Report> {
     }
     let (mut report, hist) = merged.ok_or_else(|| io::Error::other("no load thread ran"))?;
     report.threads = shares;
-    report.p50_us = hist.value_at_quantile(0.5);
-    report.p99_us = hist.value_at_quantile(0.99);
-    report.p999_us = hist.value_at_quantile(0.999);
-    report.max_us = hist.max();
-    report.latency_samples = hist.len();
+    report.set_latency(&hist);
     Ok(report)
 }
 

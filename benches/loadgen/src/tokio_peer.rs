@@ -5,11 +5,13 @@
 //! one listener), the peer of `echoloop --threads N`. For UDP, one
 //! `UdpSocket` loop on `current_thread` (receive, send back).
 
-use std::io::Write;
+use std::fmt::Display;
+use std::io::{self, Write};
 use std::net::SocketAddr;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
+use tokio::runtime::Runtime;
 
 /// Binds `addr`, prints `listening on IP:PORT` on stdout (flushed) and
 /// serves forever: `loadgen tokio-echo --listen ADDR [--threads N]`; one
@@ -18,24 +20,10 @@ use tokio::net::{TcpListener, UdpSocket};
 ///
 /// # Errors
 /// Creating the runtime, binding or writing the line failed.
-pub fn serve(addr: SocketAddr, threads: usize) -> std::io::Result<()> {
-    let runtime = if threads <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .build()?
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .enable_io()
-            .build()?
-    };
-    runtime.block_on(async move {
+pub fn serve(addr: SocketAddr, threads: usize) -> io::Result<()> {
+    runtime(threads)?.block_on(async move {
         let listener = TcpListener::bind(addr).await?;
-        // Scripts and tests wait for this exact line.
-        let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "listening on {}", listener.local_addr()?)?;
-        stdout.flush()?;
-        drop(stdout);
+        announce(listener.local_addr()?)?;
         loop {
             let (mut socket, _) = match listener.accept().await {
                 Ok(accepted) => accepted,
@@ -68,16 +56,10 @@ pub fn serve(addr: SocketAddr, threads: usize) -> std::io::Result<()> {
 ///
 /// # Errors
 /// Creating the runtime, binding or writing the line failed.
-pub fn serve_udp(addr: SocketAddr) -> std::io::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()?;
-    runtime.block_on(async move {
+pub fn serve_udp(addr: SocketAddr) -> io::Result<()> {
+    runtime(1)?.block_on(async move {
         let socket = UdpSocket::bind(addr).await?;
-        let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "listening on udp {}", socket.local_addr()?)?;
-        stdout.flush()?;
-        drop(stdout);
+        announce(format_args!("udp {}", socket.local_addr()?))?;
         let mut buf = vec![0u8; 65_536];
         loop {
             let (n, from) = match socket.recv_from(&mut buf).await {
@@ -88,4 +70,27 @@ pub fn serve_udp(addr: SocketAddr) -> std::io::Result<()> {
             let _ = socket.send_to(&buf[..n], from).await;
         }
     })
+}
+
+/// The `current_thread` runtime for one thread, otherwise the
+/// `multi_thread` runtime with `threads` workers; I/O enabled either way.
+fn runtime(threads: usize) -> io::Result<Runtime> {
+    if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_io()
+            .build()
+    }
+}
+
+/// Prints `listening on {what}` on stdout and flushes it: scripts and tests
+/// wait for this exact line.
+fn announce(what: impl Display) -> io::Result<()> {
+    let mut stdout = io::stdout().lock();
+    writeln!(stdout, "listening on {what}")?;
+    stdout.flush()
 }

@@ -161,7 +161,7 @@ pub fn run(plan: &UdpPlan) -> io::Result<Report> {
             }
         }
     }
-    Ok(Report {
+    let mut report = Report {
         mode: "udp".to_string(),
         conns: plan.sockets,
         active: peers.iter().filter(|p| !p.failed).count(),
@@ -170,11 +170,11 @@ pub fn run(plan: &UdpPlan) -> io::Result<Report> {
         seconds: plan.duration.as_secs_f64(),
         msgs: c.echoed,
         bytes: c.bytes,
-        p50_us: hist.value_at_quantile(0.5),
-        p99_us: hist.value_at_quantile(0.99),
-        p999_us: hist.value_at_quantile(0.999),
-        max_us: hist.max(),
-        latency_samples: hist.len(),
+        p50_us: 0,
+        p99_us: 0,
+        p999_us: 0,
+        max_us: 0,
+        latency_samples: 0,
         errors: c.errors + u64::from(c.total_echoed == 0),
         mismatches: c.mismatches,
         held: plan.sockets,
@@ -185,7 +185,9 @@ pub fn run(plan: &UdpPlan) -> io::Result<Report> {
         lost: c.lost,
         late: c.late,
         threads: 1,
-    })
+    };
+    report.set_latency(&hist);
+    Ok(report)
 }
 
 /// IPv4 loopback targets: sockets spread over 127.0.0.1 .. 127.0.0.N.
@@ -262,24 +264,24 @@ fn receive(
             c.mismatches += 1;
             continue;
         }
-        if p.sent_at.is_some() && expected(p.seq) {
-            if let Some(at) = p.sent_at {
+        match p.sent_at {
+            Some(at) if expected(p.seq) => {
                 if measuring {
                     c.echoed += 1;
                     c.bytes += n as u64;
                     let _ =
                         hist.record(now.saturating_duration_since(at).as_micros().max(1) as u64);
                 }
+                c.total_echoed += 1;
+                p.seq += 1;
+                send(p, plan, table, now, measuring, c);
             }
-            c.total_echoed += 1;
-            p.seq += 1;
-            send(p, plan, table, now, measuring, c);
-        } else if p.lost.iter().any(|&seq| seq != u64::MAX && expected(seq)) {
-            if measuring {
-                c.late += 1;
+            _ if p.lost.iter().any(|&seq| seq != u64::MAX && expected(seq)) => {
+                if measuring {
+                    c.late += 1;
+                }
             }
-        } else {
-            c.mismatches += 1;
+            _ => c.mismatches += 1,
         }
     }
 }
