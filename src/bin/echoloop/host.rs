@@ -1,9 +1,12 @@
 //! The single loop: one `Poll` with the signals and one `EchoServer` in it.
 //! This is what `echoloop` runs by default, and the loop to read first; each
-//! loop of `--threads N` (`loops.rs`) turns the same [`turn`].
+//! loop of `--threads N` (`loops.rs`) turns the same [`turn`], and binds,
+//! answers signals and times `--stats-interval` with the helpers below it
+//! ([`bind_all`], [`command_for`], [`StatsTimer`]).
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
+use std::os::raw::c_int;
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
@@ -11,7 +14,8 @@ use mio::{Events, Interest, Poll, Registry, Token};
 use signal_hook::consts::SIGUSR1;
 use signal_hook_mio::v1_0::Signals;
 
-use echoloop::{Config, EchoServer};
+use echoloop::server::{listener_group, udp_group};
+use echoloop::{Config, EchoServer, Stats};
 
 use crate::options::Args;
 
@@ -35,67 +39,71 @@ pub fn run(
     // Bind every address before printing any line: a script waiting for
     // `listening on` must never be told about a server that then exits.
     let mut server = EchoServer::new(config.clone(), SERVER_BASE);
-    let mut bound = Vec::with_capacity(args.listen.len());
-    for addr in &args.listen {
-        let local = server
-            .bind(*addr)
-            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-        bound.push(local);
-    }
-    let mut bound_udp = Vec::with_capacity(args.udp.len());
-    for addr in &args.udp {
-        let local = server
-            .bind_udp(*addr)
-            .map_err(|e| format!("cannot listen on udp {addr}: {e}"))?;
-        bound_udp.push(local);
-    }
+    bind_all(&mut [&mut server], args)?;
     server
         .register(poll.registry())
         .map_err(|e| format!("cannot register listeners: {e}"))?;
-    print_listening(&bound, &bound_udp)?;
+    print_listening(&server.local_addrs(), &server.udp_addrs())?;
     started(&config);
 
     let mut events = Events::with_capacity(1024);
-    let mut next_stats = args
-        .stats_interval
-        .and_then(|every| Instant::now().checked_add(every));
+    let mut stats_timer = StatsTimer::new(args.stats_interval, Instant::now());
     let mut shutting_down = false;
     loop {
-        let stats_due = next_stats.map(|at| at.saturating_duration_since(Instant::now()));
         let now = turn(
             &mut poll,
             &mut events,
             &mut server,
-            stats_due,
+            stats_timer.due_in(Instant::now()),
             |server, registry, token, now| {
                 if token != SIGNALS {
                     warn!("event for unknown token {}", token.0);
                     return;
                 }
                 for signal in signals.pending() {
-                    if signal == SIGUSR1 {
-                        info!("stats: {}", server.stats());
-                    } else if shutting_down {
-                        warn!("second signal: closing every connection now");
-                        server.close_all(registry);
-                    } else {
-                        shutting_down = true;
-                        server.begin_shutdown(registry, now);
+                    let command = command_for(signal, &mut shutting_down);
+                    if let Some(stats) = command.apply(server, registry, now) {
+                        info!("stats: {stats}");
                     }
                 }
             },
         )?;
-        if let (Some(at), Some(every)) = (next_stats, args.stats_interval) {
-            if now >= at {
-                info!("stats: {}", server.stats());
-                next_stats = now.checked_add(every);
-            }
+        if stats_timer.fired(now) {
+            info!("stats: {}", server.stats());
         }
         if server.is_finished() {
             break;
         }
     }
     info!("shutdown complete: {}", server.stats());
+    Ok(())
+}
+
+/// Binds every `--listen` and then every `--udp` address once for each of
+/// `servers` and hands each server one socket per address. With one server
+/// these are plain sockets (as `EchoServer::bind` and `bind_udp` make); with
+/// several, one `SO_REUSEPORT` group per address, so the kernel spreads
+/// connections and datagram sources over the servers' loops.
+///
+/// # Errors
+/// `cannot listen on ADDR: ...` (or `cannot listen on udp ADDR: ...`) for the
+/// first address that cannot be bound or adopted, for instance past
+/// 16 sockets of a kind.
+pub fn bind_all(servers: &mut [&mut EchoServer], args: &Args) -> Result<(), String> {
+    for addr in &args.listen {
+        let tcp_error = |e: io::Error| format!("cannot listen on {addr}: {e}");
+        let group = listener_group(*addr, servers.len()).map_err(tcp_error)?;
+        for (server, listener) in servers.iter_mut().zip(group) {
+            server.adopt(listener).map_err(tcp_error)?;
+        }
+    }
+    for addr in &args.udp {
+        let udp_error = |e: io::Error| format!("cannot listen on udp {addr}: {e}");
+        let group = udp_group(*addr, servers.len()).map_err(udp_error)?;
+        for (server, socket) in servers.iter_mut().zip(group) {
+            server.adopt_udp(socket).map_err(udp_error)?;
+        }
+    }
     Ok(())
 }
 
@@ -138,6 +146,79 @@ pub fn turn(
         .handle_timeout(poll.registry(), now)
         .map_err(|e| format!("listener failed: {e}"))?;
     Ok(now)
+}
+
+/// What a signal asks of the servers; with `--threads N` the supervisor
+/// sends it to every loop.
+#[derive(Debug, Clone, Copy)]
+pub enum Command {
+    Shutdown,
+    CloseAll,
+    Stats,
+}
+
+/// The command for `signal`: SIGUSR1 asks for the counters; the first
+/// SIGINT/SIGTERM begins shutdown (and sets `shutting_down`), a second one
+/// closes every connection now (logged here, once for the process).
+pub fn command_for(signal: c_int, shutting_down: &mut bool) -> Command {
+    if signal == SIGUSR1 {
+        Command::Stats
+    } else if *shutting_down {
+        warn!("second signal: closing every connection now");
+        Command::CloseAll
+    } else {
+        *shutting_down = true;
+        Command::Shutdown
+    }
+}
+
+impl Command {
+    /// Carries the command out on one server; `Stats` returns its counters
+    /// for the caller to log or send on.
+    pub fn apply(
+        self,
+        server: &mut EchoServer,
+        registry: &Registry,
+        now: Instant,
+    ) -> Option<Stats> {
+        match self {
+            Command::Shutdown => server.begin_shutdown(registry, now),
+            Command::CloseAll => server.close_all(registry),
+            Command::Stats => return Some(server.stats()),
+        }
+        None
+    }
+}
+
+/// The `--stats-interval` timer: when the next stats line is due.
+pub struct StatsTimer {
+    every: Option<Duration>,
+    // None: no interval, or it would overflow `Instant`.
+    next: Option<Instant>,
+}
+
+impl StatsTimer {
+    /// The first line falls `every` after `now`; `None` never fires.
+    pub fn new(every: Option<Duration>, now: Instant) -> Self {
+        let next = every.and_then(|every| now.checked_add(every));
+        StatsTimer { every, next }
+    }
+
+    /// How long a loop may sleep before the next line is due.
+    pub fn due_in(&self, now: Instant) -> Option<Duration> {
+        self.next.map(|at| at.saturating_duration_since(now))
+    }
+
+    /// Whether a line is due at `now`; if so, the next falls `every` later.
+    pub fn fired(&mut self, now: Instant) -> bool {
+        match (self.next, self.every) {
+            (Some(at), Some(every)) if now >= at => {
+                self.next = now.checked_add(every);
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 /// One `listening on IP:PORT` line per TCP address, then one `listening on

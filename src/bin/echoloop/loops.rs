@@ -35,13 +35,12 @@ use std::time::Instant;
 
 use log::{debug, info, warn};
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
-use signal_hook::consts::SIGUSR1;
 use signal_hook_mio::v1_0::Signals;
 
-use echoloop::server::{listener_group, udp_group, SharedLimit};
+use echoloop::server::SharedLimit;
 use echoloop::{Config, EchoServer, Stats};
 
-use crate::host::{self, SERVER_BASE};
+use crate::host::{self, Command, StatsTimer, SERVER_BASE};
 use crate::options::Args;
 
 /// The supervisor's tokens.
@@ -49,14 +48,6 @@ const SIGNALS: Token = Token(0);
 const NOTES: Token = Token(1);
 /// A loop's own token for its waker; its server's tokens start after it.
 const WAKE: Token = Token(0);
-
-/// What the supervisor asks of a loop.
-#[derive(Debug, Clone, Copy)]
-enum Command {
-    Shutdown,
-    CloseAll,
-    Stats,
-}
 
 /// What a loop tells the supervisor.
 #[derive(Debug)]
@@ -137,36 +128,13 @@ pub fn run(
             last: None,
         });
     }
-    let mut bound = Vec::with_capacity(args.listen.len());
-    for addr in &args.listen {
-        let group =
-            listener_group(*addr, threads).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-        for (lp, listener) in built.iter_mut().zip(group) {
-            let local = lp
-                .server
-                .adopt(listener)
-                .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-            if lp.index == 0 {
-                bound.push(local);
-            }
-        }
-    }
-    // UDP likewise: one socket per loop and address, one `SO_REUSEPORT`
-    // group per address, so the kernel spreads the sources over the loops.
-    let mut bound_udp = Vec::with_capacity(args.udp.len());
-    for addr in &args.udp {
-        let group =
-            udp_group(*addr, threads).map_err(|e| format!("cannot listen on udp {addr}: {e}"))?;
-        for (lp, socket) in built.iter_mut().zip(group) {
-            let local = lp
-                .server
-                .adopt_udp(socket)
-                .map_err(|e| format!("cannot listen on udp {addr}: {e}"))?;
-            if lp.index == 0 {
-                bound_udp.push(local);
-            }
-        }
-    }
+    // One socket per loop and address, one `SO_REUSEPORT` group per
+    // address, so the kernel spreads connections and UDP sources over the
+    // loops.
+    let mut servers: Vec<&mut EchoServer> = built.iter_mut().map(|lp| &mut lp.server).collect();
+    host::bind_all(&mut servers, args)?;
+    // Every loop's group shares one address; the first loop's say which.
+    let (tcp, udp) = (built[0].server.local_addrs(), built[0].server.udp_addrs());
     for lp in &mut built {
         lp.server
             .register(lp.poll.registry())
@@ -180,7 +148,7 @@ pub fn run(
             .map_err(|e| format!("cannot start a loop thread: {e}"))?;
         handle.thread = Some(thread);
     }
-    host::print_listening(&bound, &bound_udp)?;
+    host::print_listening(&tcp, &udp)?;
     started(&config);
     supervise(poll, signals, notes, handles, args)
 }
@@ -195,16 +163,13 @@ fn supervise(
     args: &Args,
 ) -> Result<(), String> {
     let mut events = Events::with_capacity(64);
-    let mut next_stats = args
-        .stats_interval
-        .and_then(|every| Instant::now().checked_add(every));
+    let mut stats_timer = StatsTimer::new(args.stats_interval, Instant::now());
     let mut shutting_down = false;
     let mut failure: Option<String> = None;
     // Replies to the current stats request, one slot per loop.
     let mut asked: Option<Vec<Option<Stats>>> = None;
     while handles.iter().any(|h| h.last.is_none()) {
-        let timeout = next_stats.map(|at| at.saturating_duration_since(Instant::now()));
-        if let Err(err) = poll.poll(&mut events, timeout) {
+        if let Err(err) = poll.poll(&mut events, stats_timer.due_in(Instant::now())) {
             if err.kind() == std::io::ErrorKind::Interrupted {
                 continue;
             }
@@ -219,14 +184,11 @@ fn supervise(
                 continue; // NOTES: read below, every turn
             }
             for signal in signals.pending() {
-                if signal == SIGUSR1 {
-                    ask_stats(&handles, &mut asked);
-                } else if shutting_down {
-                    warn!("second signal: closing every connection now");
-                    handles.iter().for_each(|h| h.tell(Command::CloseAll));
-                } else {
-                    shutting_down = true;
-                    shutdown_now = true;
+                match host::command_for(signal, &mut shutting_down) {
+                    Command::Stats => ask_stats(&handles, &mut asked),
+                    Command::CloseAll => handles.iter().for_each(|h| h.tell(Command::CloseAll)),
+                    // Sent once the notes are read, with a loop's failure.
+                    Command::Shutdown => shutdown_now = true,
                 }
             }
         }
@@ -257,12 +219,8 @@ fn supervise(
         if shutdown_now {
             handles.iter().for_each(|h| h.tell(Command::Shutdown));
         }
-        if let (Some(at), Some(every)) = (next_stats, args.stats_interval) {
-            let now = Instant::now();
-            if now >= at {
-                ask_stats(&handles, &mut asked);
-                next_stats = now.checked_add(every);
-            }
+        if stats_timer.fired(Instant::now()) {
+            ask_stats(&handles, &mut asked);
         }
         if asked
             .as_ref()
@@ -341,11 +299,7 @@ fn serve(mut lp: Loop) {
                     return;
                 }
                 for command in commands.try_iter() {
-                    match command {
-                        Command::Shutdown => server.begin_shutdown(registry, now),
-                        Command::CloseAll => server.close_all(registry),
-                        Command::Stats => replies.push(server.stats()),
-                    }
+                    replies.extend(command.apply(server, registry, now));
                 }
             },
         );
