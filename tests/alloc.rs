@@ -22,6 +22,7 @@ struct Counting;
 
 static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
 static TWO_LOOP_ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+static UDP_ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
     static TRACKED: Cell<Option<&'static AtomicU64>> = const { Cell::new(None) };
@@ -238,5 +239,60 @@ fn issue_11_two_loops_do_not_allocate_or_share_per_message() {
         limit.operations(),
         total.accepted + total.rejected + closes,
         "shared-limit operations other than admit and close"
+    );
+}
+
+/// Issue 12: no allocation per datagram in the steady state, with the rate
+/// limit on (high enough never to refuse here) so its path is measured too.
+#[test]
+fn issue_12_no_allocation_per_datagram_in_the_steady_state() {
+    let mut poll = Poll::new().unwrap();
+    let config = Config {
+        udp_rate_limit: Some(10_000_000),
+        ..Config::default()
+    };
+    let mut server = echoloop::EchoServer::new(config, mio::Token(0));
+    let addr = server.bind_udp("127.0.0.1:0".parse().unwrap()).unwrap();
+    server.register(poll.registry()).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let host_stop = stop.clone();
+    let (probe_tx, probe_rx) = std::sync::mpsc::channel();
+    let host = thread::spawn(move || {
+        serve_counted(
+            &mut server,
+            &mut poll,
+            &UDP_ALLOCATIONS,
+            &host_stop,
+            &probe_tx,
+        )
+    });
+    let probed = probe_rx.recv().unwrap();
+    let clients: Vec<std::net::UdpSocket> = (0..8).map(|_| udp_client_for(addr)).collect();
+    let mut buf = vec![0u8; 65_536];
+    let msgs: Vec<Vec<u8>> = [0usize, 1, 64, 1500, 65_507]
+        .iter()
+        .map(|&n| vec![0xa5; n])
+        .collect();
+    let mut exchange = |rounds: usize| {
+        for r in 0..rounds {
+            for c in &clients {
+                let msg = &msgs[r % msgs.len()];
+                assert_eq!(udp_round_trip(c, addr, msg, &mut buf), msg.len());
+            }
+        }
+    };
+    exchange(50); // warm-up
+    thread::sleep(Duration::from_millis(50));
+    let before = UDP_ALLOCATIONS.load(Ordering::Relaxed);
+    exchange(500);
+    let after = UDP_ALLOCATIONS.load(Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    let stats = host.join().unwrap();
+    assert!(probed > 0, "the counting allocator saw nothing");
+    assert_eq!(stats.udp_datagrams_out, 550 * 8);
+    assert_eq!(
+        after - before,
+        0,
+        "allocations while echoing 4,000 datagrams"
     );
 }

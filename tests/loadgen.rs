@@ -5,7 +5,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::thread;
 use std::time::Duration;
 
@@ -94,48 +94,10 @@ fn a_server_that_is_not_there_fails_the_smoke_test() {
     assert_eq!(loadgen(&["once", "--addr", &addr, "anyone?"]), 1);
 }
 
-/// Runs the load generator's binary with `args`; its exit code and stdout.
-fn loadgen_process(args: &[&str]) -> (i32, String) {
-    let Output { status, stdout, .. } = Command::new(loadgen_bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run the load generator");
-    let code = status.code().expect("exit code");
-    (code, String::from_utf8(stdout).expect("utf-8 output"))
-}
-
-/// The number after `"name":` in the load generator's JSON line.
-fn json_number(json: &str, name: &str) -> u64 {
-    let key = format!("\"{name}\":");
-    let at = json
-        .find(&key)
-        .unwrap_or_else(|| panic!("{name} in {json}"))
-        + key.len();
-    json[at..]
-        .split([',', '}'])
-        .next()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("{name} is not a number in {json}"))
-}
-
 /// The value of `name=` in the server's `shutdown complete: ...` log line.
 fn final_stat(log: &str, name: &str) -> u64 {
-    let line = log
-        .lines()
-        .find(|l| l.contains("shutdown complete:"))
-        .unwrap_or_else(|| panic!("no 'shutdown complete' line in:\n{log}"));
-    let key = format!(" {name}=");
-    let at = line
-        .find(&key)
-        .unwrap_or_else(|| panic!("{name} in {line}"))
-        + key.len();
-    line[at..]
-        .split(' ')
-        .next()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("{name} is not a number in {line}"))
+    log_field(log, "shutdown complete:", name)
+        .unwrap_or_else(|| panic!("no {name} in a 'shutdown complete' line in:\n{log}"))
 }
 
 #[test]
@@ -208,8 +170,7 @@ fn issue_9_stream_latency_is_measured_or_not_shown() {
         text.contains("latency p50") || text.contains("latency: no samples"),
         "{text}"
     );
-    let json: Vec<&str> = stream.iter().copied().chain(["--json"]).collect();
-    let (code, line) = loadgen_process(&json);
+    let (code, line) = loadgen_json(&stream);
     assert_eq!(code, 0, "{line}");
     // A percentile is 0 only when nothing was measured.
     assert_eq!(
@@ -242,13 +203,11 @@ fn issue_9_hold_reports_the_held_connections() {
     assert_eq!(code, 0, "{text}");
     assert!(text.lines().any(|l| l == "held 300"), "{text}");
     assert!(text.contains("mode hold conns 300 active 10"), "{text}");
-    let json: Vec<&str> = hold.iter().copied().chain(["--json"]).collect();
-    let (code, out) = loadgen_process(&json);
-    assert_eq!(code, 0, "{out}");
-    let line = out.lines().find(|l| l.starts_with('{')).expect("JSON line");
-    assert_eq!(json_number(line, "conns"), 300);
-    assert_eq!(json_number(line, "held"), 300);
-    assert_eq!(json_number(line, "active"), 10);
+    let (code, line) = loadgen_json(&hold);
+    assert_eq!(code, 0, "{line}");
+    assert_eq!(json_number(&line, "conns"), 300);
+    assert_eq!(json_number(&line, "held"), 300);
+    assert_eq!(json_number(&line, "active"), 10);
 }
 
 #[test]

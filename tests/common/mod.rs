@@ -447,3 +447,105 @@ impl OutputWithin for Command {
         })
     }
 }
+
+/// The number after ` key=` in the last line of `log` that contains
+/// `prefix` (e.g. "stats:" or "shutdown complete:"), or None.
+pub fn log_field(log: &str, prefix: &str, key: &str) -> Option<u64> {
+    let line = log.lines().rev().find(|l| l.contains(prefix))?;
+    let at = line.find(&format!(" {key}="))? + key.len() + 2;
+    line[at..].split(' ').next()?.parse().ok()
+}
+
+/// Runs echoloop with `args`, expecting exit 1, nothing on stdout and
+/// exactly one stderr line containing "error"; returns that line for the
+/// caller's own check.
+pub fn exits_1_with_one_error_line(args: &[&str]) -> String {
+    let out = Command::new(server_bin())
+        .args(args)
+        .output_within()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+    assert!(
+        out.stdout.is_empty(),
+        "{args:?} printed {:?} before failing",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(errors.len(), 1, "{args:?}: {stderr}");
+    errors[0].to_string()
+}
+
+/// Runs the load generator's binary with `args` (stdin closed, bounded by
+/// [`COMMAND_LIMIT`]); returns its exit code and stdout. Its stderr is
+/// passed on to the test's own (captured) output.
+pub fn loadgen_process(args: &[&str]) -> (i32, String) {
+    let out = Command::new(loadgen_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output_within()
+        .expect("run the load generator");
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    let code = out.status.code().expect("exit code");
+    (code, String::from_utf8(out.stdout).expect("utf-8 output"))
+}
+
+/// [`loadgen_process`] with `--json` added: its exit code and JSON line
+/// (empty if it printed none).
+pub fn loadgen_json(args: &[&str]) -> (i32, String) {
+    let args: Vec<&str> = args.iter().copied().chain(["--json"]).collect();
+    let (code, stdout) = loadgen_process(&args);
+    (code, json_line(&stdout).unwrap_or_default().to_string())
+}
+
+/// The load generator's JSON line in `stdout`: the first starting with `{`.
+pub fn json_line(stdout: &str) -> Option<&str> {
+    stdout.lines().find(|l| l.starts_with('{'))
+}
+
+/// The integer after `"name":` in the load generator's JSON line.
+pub fn json_number(json: &str, name: &str) -> u64 {
+    let key = format!("\"{name}\":");
+    let at = json
+        .find(&key)
+        .unwrap_or_else(|| panic!("{name} in {json:?}"))
+        + key.len();
+    json[at..]
+        .split([',', '}'])
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} is not an integer in {json}"))
+}
+
+/// How long a UDP reply may take before the test fails (loopback, loaded
+/// machine).
+pub const UDP_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A UDP socket on loopback of `server`'s family, with a read timeout.
+pub fn udp_client_for(server: SocketAddr) -> std::net::UdpSocket {
+    let local = if server.is_ipv6() {
+        "[::1]:0"
+    } else {
+        "127.0.0.1:0"
+    };
+    let c = std::net::UdpSocket::bind(local).expect("bind client");
+    c.set_read_timeout(Some(UDP_REPLY_TIMEOUT)).unwrap();
+    c
+}
+
+/// Sends `msg` and returns the one reply's length (asserting it came from
+/// `server`).
+pub fn udp_round_trip(
+    c: &std::net::UdpSocket,
+    server: SocketAddr,
+    msg: &[u8],
+    buf: &mut [u8],
+) -> usize {
+    let sent = c.send_to(msg, server).expect("send datagram");
+    assert_eq!(sent, msg.len());
+    let (n, from) = c
+        .recv_from(buf)
+        .unwrap_or_else(|e| panic!("no echo of a {}-byte datagram: {e}", msg.len()));
+    assert_eq!(from, server, "reply from the wrong address");
+    n
+}
