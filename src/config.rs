@@ -87,12 +87,14 @@ pub struct Config {
     pub accepts_per_turn: usize,
     /// Close connections with no traffic for this long. Default: off.
     pub idle_timeout: Option<Duration>,
-    /// How long shutdown may flush pending bytes before closing anyway.
+    /// How long shutdown waits for clients to send FIN and have everything
+    /// echoed; connections still open then are reset.
     /// Default: [`DEFAULT_SHUTDOWN_TIMEOUT`].
     pub shutdown_timeout: Duration,
     /// UDP replies per second to one source IP address: a bucket of this
-    /// many, refilled at this rate; datagrams beyond it are not answered
-    /// (counted as `udp_rate_limited`). Bounds what a forged source can
+    /// many, refilled at this rate, which no other source can refill;
+    /// datagrams beyond it are not answered (counted as
+    /// `udp_rate_limited`). Bounds what a forged source can
     /// aim at one victim, and starves loops through us. Default: off (a
     /// loopback benchmark reaches tens of thousands per source).
     pub udp_rate_limit: Option<u32>,

@@ -314,16 +314,8 @@ impl<S: Stream> Connection<S> {
             };
             progress.bytes_in += n;
             budget -= n; // n <= want <= budget
-            if self.write_shut() {
-                // Our FIN is out, so these bytes can never be echoed: the
-                // peer must learn that by a reset, not by silence.
-                return Err(io::Error::new(
-                    ErrorKind::BrokenPipe,
-                    "data arrived after our FIN",
-                ));
-            }
-            // Echo at once; keep only what the socket would not take. If bytes
-            // are already pending, new ones must queue behind them (order).
+                         // Echo at once; keep only what the socket would not take. If bytes
+                         // are already pending, new ones must queue behind them (order).
             let sent = match self.pending {
                 // The usual case, the socket takes it all, is tried here so
                 // that it yields `n` without a `Result` to test again
@@ -351,12 +343,10 @@ impl<S: Stream> Connection<S> {
         Ok(progress)
     }
 
-    /// Shuts down the write side now, whatever is pending: used when the
-    /// server stops and this connection has nothing more to echo.
-    ///
-    /// # Errors
-    /// Whatever `shutdown(SHUT_WR)` reports.
-    pub fn shutdown_write(&mut self) -> io::Result<()> {
+    // Sends our FIN: only once the peer's FIN has arrived and every byte
+    // before it was echoed (from `drive`), so a FIN always means "all
+    // echoed".
+    fn shutdown_write(&mut self) -> io::Result<()> {
         if !self.write_shut() {
             self.flags |= WRITE_SHUT;
             self.stream.shutdown_write()?;
@@ -680,19 +670,6 @@ mod tests {
             "{} reads",
             conn.stream.read_calls
         );
-    }
-
-    #[test]
-    fn issue_8_data_after_our_fin_is_an_error_not_a_silent_drop() {
-        // Once we sent FIN (the quiet rule during shutdown) the peer must not
-        // send more: its bytes could never be echoed, so the connection is
-        // reset rather than ended as if everything had gone back.
-        let mut conn = conn_with(b"");
-        let mut scratch = Scratch::new(64);
-        conn.drive(&mut scratch, &LIMITS).unwrap();
-        conn.shutdown_write().unwrap();
-        conn.stream.input.extend_from_slice(b"late");
-        assert!(conn.drive(&mut scratch, &LIMITS).is_err());
     }
 
     #[test]

@@ -582,3 +582,70 @@ fn issue_12_with_two_loops_each_loop_has_its_own_udp_socket_and_every_client_is_
     assert_eq!(field(&line, "udp_datagrams_out"), total, "{line}");
     assert_eq!(field(&line, "udp_bytes_out"), total * 8, "{line}");
 }
+
+/// The bug: with `--threads 2` each loop kept its own rate-limit table, and
+/// the kernel spreads one source's datagrams over the loops by source port,
+/// so a source (or a forged victim address) got the limit once per loop.
+#[test]
+fn the_rate_limit_holds_for_a_source_spread_over_several_loops() {
+    const RATE: u64 = 20;
+    const SOCKETS: usize = 200;
+    let (server, udp) = start_udp(
+        &["127.0.0.1:0"],
+        &["--threads", "2", "--udp-rate-limit", "20"],
+    );
+    let addr = udp[0];
+    // One source IP, many source ports: the kernel's hash spreads them
+    // over both loops.
+    let clients: Vec<UdpSocket> = (0..SOCKETS)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let started = Instant::now();
+    for c in &clients {
+        c.send_to(b"ping", addr).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut line = counters(&server);
+    while field(&line, "udp_datagrams_in") < SOCKETS as u64 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+        line = counters(&server);
+    }
+    let elapsed = started.elapsed();
+    let mut replies = 0u64;
+    for c in &clients {
+        c.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 8];
+        while c.recv_from(&mut buf).is_ok() {
+            replies += 1;
+        }
+    }
+    // One burst, plus what the bucket refilled meanwhile, over both loops.
+    let refill = elapsed.as_millis() as u64 * RATE / 1000 + 1;
+    assert!(
+        replies >= RATE && replies <= RATE + refill,
+        "{replies} replies to one source at a limit of {RATE}/s in {elapsed:?}: {line}"
+    );
+    assert_eq!(field(&line, "udp_datagrams_in"), SOCKETS as u64, "{line}");
+    assert_eq!(
+        field(&line, "udp_rate_limited"),
+        SOCKETS as u64 - replies,
+        "{line}"
+    );
+}
+
+#[test]
+fn an_ipv6_address_without_brackets_is_a_usage_error_that_says_so() {
+    for option in ["--udp", "--listen"] {
+        let out = Command::new(server_bin())
+            .args([option, "::1:80"])
+            .output_within()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{option}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("brackets") && err.contains("[::1]:80"),
+            "{option}: {err}"
+        );
+        assert!(!err.contains("out of range"), "{option}: {err}");
+    }
+}

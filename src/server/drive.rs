@@ -13,7 +13,6 @@ use std::time::Duration;
 use log::{debug, trace};
 use mio::{Interest, Registry};
 
-use super::shutdown::unread;
 use super::{EchoServer, Hints};
 use crate::connection::Progress;
 
@@ -158,15 +157,16 @@ impl EchoServer {
         if let Err(err) = registry.deregister(conn.stream_mut()) {
             debug!("connection {key}: deregister failed: {err}");
         }
-        // A FIN means "everything was echoed". Closing with bytes unread
-        // would make the kernel choose (it resets), and closing with bytes
-        // pending would send a FIN after a truncated echo: reset on purpose.
+        // A FIN means "everything was echoed". A connection that is not done
+        // when shutdown ends it was cut short; one closed idle with bytes
+        // pending or unread would make the kernel choose (it resets) or send
+        // a FIN after a truncated echo: reset on purpose.
         let reset = match reason {
             Reason::Peer => false,
             Reason::Error => true,
-            Reason::Idle | Reason::Shutdown => {
-                !conn.is_done()
-                    && (conn.pending_len() > 0 || unread(conn.stream_mut()).map_or(true, |n| n > 0))
+            Reason::Shutdown => !conn.is_done(),
+            Reason::Idle => {
+                conn.pending_len() > 0 || unread(conn.stream_mut()).map_or(true, |n| n > 0)
             }
         };
         if reset {
@@ -217,6 +217,20 @@ fn trace_drive(key: usize, progress: Progress, pending: usize) {
 #[inline(never)]
 pub(super) fn trace_stale(key: usize) {
     trace!("connection {key}: stale event ignored");
+}
+
+/// Bytes waiting in a socket's receive queue (FIONREAD). Only on the idle
+/// close path, never per message.
+fn unread(stream: &mut mio::net::TcpStream) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int through the pointer we pass, and the
+    // descriptor is open for as long as `stream` is borrowed.
+    let rc = unsafe { libc::ioctl(stream.as_raw_fd(), libc::FIONREAD, &mut n) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(usize::try_from(n).unwrap_or(0))
 }
 
 /// `interest` plus PRIORITY where urgent data must be noticed (Linux: a

@@ -15,8 +15,10 @@
 //! compares the shared close count with the one it saw when it backed off.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use super::rate::SourceLimit;
 
 #[cfg(doc)]
 use super::EchoServer;
@@ -63,6 +65,9 @@ struct Inner {
     // Every acquire, release and close check, so a test can prove the
     // shared state is touched only at accept and close.
     operations: AtomicU64,
+    // The UDP rate limit's table, made by the first server that needs it,
+    // so that a source's replies are limited over every loop together.
+    udp_rate: OnceLock<Arc<SourceLimit>>,
 }
 
 impl SharedLimit {
@@ -78,6 +83,7 @@ impl SharedLimit {
                 active: AtomicUsize::new(0),
                 closes: AtomicU64::new(0),
                 operations: AtomicU64::new(0),
+                udp_rate: OnceLock::new(),
             }),
         }
     }
@@ -132,6 +138,16 @@ impl SharedLimit {
     pub fn closes(&self) -> u64 {
         self.inner.operations.fetch_add(1, Ordering::Relaxed);
         self.inner.closes.load(Ordering::Acquire)
+    }
+
+    /// The UDP rate limit's table for every server sharing this limit, made
+    /// with `rate` by the first server that asks (servers sharing a limit
+    /// are meant to share a config).
+    pub(super) fn udp_rate_table(&self, rate: u32) -> Arc<SourceLimit> {
+        self.inner
+            .udp_rate
+            .get_or_init(|| Arc::new(SourceLimit::new(rate, Instant::now())))
+            .clone()
     }
 
     /// How many times the servers consulted this limit: acquires (admitted

@@ -24,7 +24,8 @@
 //! * `drive.rs`: one connection's turn: echo, interest, the ready queue of
 //!   connections that used their budget, and `close` (FIN or reset).
 //! * `deadlines.rs`: idle deadlines and their lazy heap.
-//! * `shutdown.rs`: orderly shutdown: quiet connections, the deadline.
+//! * `shutdown.rs`: orderly shutdown: FIN after the client's, reset at the
+//!   deadline.
 //! * `udp.rs`: UDP echo: datagrams in, replies out or dropped, reflection
 //!   protection, a per-turn datagram budget; `rate.rs` its optional
 //!   per-source rate limit.
@@ -63,7 +64,6 @@ mod udp;
 
 pub use limit::{SharedLimit, SHARED_RETRY_CHECK};
 pub use reuseport::{listener_group, udp_group, MAX_GROUP, REUSEPORT_BALANCES};
-pub use shutdown::SHUTDOWN_QUIET;
 pub use stats::Stats;
 pub use udp::{refused_source_port, MAX_UDP_SOCKETS, UDP_BUFFER, UDP_DATAGRAMS_PER_TURN};
 
@@ -132,7 +132,7 @@ pub struct EchoServer {
     next_generation: u16,
     backoff: Option<Backoff>,
     // Some once shutdown has begun: connections get our FIN once the peer
-    // finished or went quiet, and are closed at the deadline.
+    // finished and everything was echoed; the rest are reset at the deadline.
     shutdown: Option<Shutdown>,
     over_limit_warned: bool,
     // UDP sockets and their receive buffer (empty without UDP).
@@ -278,11 +278,9 @@ impl EchoServer {
         if self.backoff.is_none() && self.shutdown.is_none() {
             return idle.map(|due| due.saturating_duration_since(now));
         }
-        let (deadline, sweep) = match &self.shutdown {
-            Some(shutdown) if !self.conns.is_empty() => {
-                (shutdown.deadline, Some(shutdown.next_sweep))
-            }
-            _ => (None, None),
+        let deadline = match &self.shutdown {
+            Some(shutdown) if !self.conns.is_empty() => shutdown.deadline,
+            _ => None,
         };
         // Sharing the descriptor table: look for other loops' closes soon.
         let shared_check = match (&self.backoff, &self.shared) {
@@ -294,7 +292,6 @@ impl EchoServer {
             shared_check,
             idle,
             deadline,
-            sweep,
         ]
         .into_iter()
         .flatten()
@@ -330,8 +327,6 @@ impl EchoServer {
         let deadline = self.shutdown.as_ref().and_then(|s| s.deadline);
         if deadline.is_some_and(|deadline| now >= deadline) {
             self.close_all(registry);
-        } else {
-            self.finish_quiet(registry, now);
         }
         Ok(())
     }

@@ -33,6 +33,7 @@
 use std::io::{self, ErrorKind};
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use log::{debug, trace, warn};
@@ -82,8 +83,8 @@ pub(super) struct Udp {
     // attempt is worth knowing about); the rest only counted.
     refused_warned: bool,
     // Some when `Config::udp_rate_limit` is set (allocated with the first
-    // socket).
-    limit: Option<SourceLimit>,
+    // socket; one table for every loop sharing a `SharedLimit`).
+    limit: Option<Arc<SourceLimit>>,
 }
 
 /// True if a datagram from `port` must not be answered. An echo server that
@@ -193,7 +194,10 @@ impl EchoServer {
         let addr = socket.local_addr()?;
         if self.udp.buf.is_empty() {
             self.udp.buf = vec![0; UDP_BUFFER];
-            self.udp.limit = self.config.udp_rate_limit.map(SourceLimit::new);
+            self.udp.limit = self.config.udp_rate_limit.map(|rate| match &self.shared {
+                Some(shared) => shared.udp_rate_table(rate),
+                None => Arc::new(SourceLimit::new(rate, Instant::now())),
+            });
         }
         self.udp.endpoints.push(Endpoint {
             socket: Some(socket),
@@ -234,7 +238,6 @@ impl EchoServer {
     /// Echoes up to [`UDP_DATAGRAMS_PER_TURN`] datagrams on one socket.
     /// Work: at most that many `recvfrom` and `sendto` calls.
     pub(super) fn serve_udp(&mut self, index: usize, now: Instant) {
-        let now_ms = self.clock.millis(now);
         let Udp {
             endpoints,
             buf,
@@ -293,8 +296,8 @@ impl EchoServer {
                 stats.udp_refused += 1;
                 continue;
             }
-            if let (Some(limit), Some(source)) = (limit.as_mut(), source) {
-                if !limit.allow(source.ip(), now_ms) {
+            if let (Some(limit), Some(source)) = (limit.as_ref(), source) {
+                if !limit.allow(source.ip(), now) {
                     trace!("udp {index}: {source} over the rate limit, not answered");
                     stats.udp_rate_limited += 1;
                     continue;

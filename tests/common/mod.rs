@@ -549,3 +549,66 @@ pub fn udp_round_trip(
     assert_eq!(from, server, "reply from the wrong address");
     n
 }
+
+/// Busy-loop threads that keep the machine's cores loaded while they live,
+/// so a test can check that a race keeps its promise on a busy machine.
+/// They stop when this is dropped.
+pub struct CpuHogs {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl CpuHogs {
+    /// Starts `n` spinning threads.
+    pub fn start(n: usize) -> CpuHogs {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..n)
+            .map(|_| {
+                let stop = stop.clone();
+                thread::spawn(move || {
+                    let mut x = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+                    }
+                })
+            })
+            .collect();
+        CpuHogs { stop, threads }
+    }
+}
+
+impl Drop for CpuHogs {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Server {
+    /// Sends `signal` and waits (up to 10 s) until the kernel has delivered
+    /// it: no longer pending for the process. Two signals sent back to back
+    /// before the first is delivered are merged by the kernel into one; a
+    /// test that means two sends the second only after this returns.
+    pub fn signal_delivered(&self, signal: i32) {
+        self.signal(signal);
+        let bit = 1u64 << (signal - 1);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let status =
+                std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+            let pending = status
+                .lines()
+                .filter(|l| l.starts_with("ShdPnd:") || l.starts_with("SigPnd:"))
+                .filter_map(|l| u64::from_str_radix(l.split_whitespace().nth(1)?, 16).ok())
+                .fold(0, |all, mask| all | mask);
+            if pending & bit == 0 {
+                return;
+            }
+            thread::yield_now();
+        }
+        panic!("signal {signal} still pending after 10 s");
+    }
+}

@@ -1,23 +1,21 @@
 //! The single loop: one `Poll` with the signals and one `EchoServer` in it.
 //! This is what `echoloop` runs by default, and the loop to read first; each
 //! loop of `--threads N` (`loops.rs`) turns the same [`turn`], and binds,
-//! answers signals and times `--stats-interval` with the helpers below it
-//! ([`bind_all`], [`command_for`], [`StatsTimer`]).
+//! carries out signals' commands and times `--stats-interval` with the
+//! helpers below it ([`bind_all`], [`Command::apply`], [`StatsTimer`]).
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
-use std::os::raw::c_int;
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
-use mio::{Events, Interest, Poll, Registry, Token};
-use signal_hook::consts::SIGUSR1;
-use signal_hook_mio::v1_0::Signals;
+use mio::{Events, Poll, Registry, Token};
 
 use echoloop::server::{listener_group, udp_group};
 use echoloop::{Config, EchoServer, Stats};
 
 use crate::options::Args;
+use crate::signals::{Command, Signals};
 
 /// The host's own token; the echo server's tokens start right after it.
 const SIGNALS: Token = Token(0);
@@ -32,8 +30,8 @@ pub fn run(
     started: impl FnOnce(&Config),
 ) -> Result<(), String> {
     let mut poll = Poll::new().map_err(|e| format!("cannot create poll: {e}"))?;
-    poll.registry()
-        .register(&mut signals, SIGNALS, Interest::READABLE)
+    signals
+        .register(poll.registry(), SIGNALS)
         .map_err(|e| format!("cannot register signals: {e}"))?;
 
     // Bind every address before printing any line: a script waiting for
@@ -48,7 +46,6 @@ pub fn run(
 
     let mut events = Events::with_capacity(1024);
     let mut stats_timer = StatsTimer::new(args.stats_interval, Instant::now());
-    let mut shutting_down = false;
     loop {
         let now = turn(
             &mut poll,
@@ -60,8 +57,7 @@ pub fn run(
                     warn!("event for unknown token {}", token.0);
                     return;
                 }
-                for signal in signals.pending() {
-                    let command = command_for(signal, &mut shutting_down);
+                for command in signals.commands() {
                     if let Some(stats) = command.apply(server, registry, now) {
                         info!("stats: {stats}");
                     }
@@ -146,30 +142,6 @@ pub fn turn(
         .handle_timeout(poll.registry(), now)
         .map_err(|e| format!("listener failed: {e}"))?;
     Ok(now)
-}
-
-/// What a signal asks of the servers; with `--threads N` the supervisor
-/// sends it to every loop.
-#[derive(Debug, Clone, Copy)]
-pub enum Command {
-    Shutdown,
-    CloseAll,
-    Stats,
-}
-
-/// The command for `signal`: SIGUSR1 asks for the counters; the first
-/// SIGINT/SIGTERM begins shutdown (and sets `shutting_down`), a second one
-/// closes every connection now (logged here, once for the process).
-pub fn command_for(signal: c_int, shutting_down: &mut bool) -> Command {
-    if signal == SIGUSR1 {
-        Command::Stats
-    } else if *shutting_down {
-        warn!("second signal: closing every connection now");
-        Command::CloseAll
-    } else {
-        *shutting_down = true;
-        Command::Shutdown
-    }
 }
 
 impl Command {

@@ -34,14 +34,14 @@ use std::thread::{self, JoinHandle};
 use std::time::Instant;
 
 use log::{debug, info, warn};
-use mio::{Events, Interest, Poll, Registry, Token, Waker};
-use signal_hook_mio::v1_0::Signals;
+use mio::{Events, Poll, Registry, Token, Waker};
 
 use echoloop::server::SharedLimit;
 use echoloop::{Config, EchoServer, Stats};
 
-use crate::host::{self, Command, StatsTimer, SERVER_BASE};
+use crate::host::{self, StatsTimer, SERVER_BASE};
 use crate::options::Args;
+use crate::signals::{Command, Signals};
 
 /// The supervisor's tokens.
 const SIGNALS: Token = Token(0);
@@ -95,8 +95,8 @@ pub fn run(
     started: impl FnOnce(&Config),
 ) -> Result<(), String> {
     let poll = Poll::new().map_err(|e| format!("cannot create poll: {e}"))?;
-    poll.registry()
-        .register(&mut signals, SIGNALS, Interest::READABLE)
+    signals
+        .register(poll.registry(), SIGNALS)
         .map_err(|e| format!("cannot register signals: {e}"))?;
     let notify = Arc::new(
         Waker::new(poll.registry(), NOTES).map_err(|e| format!("cannot create a waker: {e}"))?,
@@ -179,16 +179,20 @@ fn supervise(
             break;
         }
         let mut shutdown_now = false;
+        let mut close_now = false;
         for event in events.iter() {
             if event.token() != SIGNALS {
                 continue; // NOTES: read below, every turn
             }
-            for signal in signals.pending() {
-                match host::command_for(signal, &mut shutting_down) {
+            for command in signals.commands() {
+                match command {
                     Command::Stats => ask_stats(&handles, &mut asked),
-                    Command::CloseAll => handles.iter().for_each(|h| h.tell(Command::CloseAll)),
                     // Sent once the notes are read, with a loop's failure.
-                    Command::Shutdown => shutdown_now = true,
+                    Command::Shutdown => {
+                        shutting_down = true;
+                        shutdown_now = true;
+                    }
+                    Command::CloseAll => close_now = true,
                 }
             }
         }
@@ -218,6 +222,10 @@ fn supervise(
         }
         if shutdown_now {
             handles.iter().for_each(|h| h.tell(Command::Shutdown));
+        }
+        // After the shutdown, when both came in one wake-up.
+        if close_now {
+            handles.iter().for_each(|h| h.tell(Command::CloseAll));
         }
         if stats_timer.fired(Instant::now()) {
             ask_stats(&handles, &mut asked);

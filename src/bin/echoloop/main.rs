@@ -16,18 +16,18 @@
 mod host;
 mod loops;
 mod options;
+mod signals;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use log::{info, warn};
-use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
-use signal_hook_mio::v1_0::Signals;
 
 use echoloop::config::{self, human_duration, MAX_UDP_RATE_LIMIT};
 use echoloop::Config;
 
 use options::Args;
+use signals::Signals;
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -45,8 +45,7 @@ fn run(args: Args) -> Result<(), String> {
     // Signals first: from here on SIGINT/SIGTERM only queue a wake-up, so a
     // signal sent the moment a script reads `listening on` is handled as a
     // graceful shutdown instead of killing the process.
-    let signals = Signals::new([SIGINT, SIGTERM, SIGUSR1])
-        .map_err(|e| format!("cannot set up signals: {e}"))?;
+    let signals = Signals::new().map_err(|e| format!("cannot set up signals: {e}"))?;
     let (threads, how) = args.threads.resolve();
 
     let soft_limit = config::open_files_limit();

@@ -22,13 +22,14 @@ use echoloop::token::MAX_CONNECTIONS;
 /// datagram (never to source port 0 or the ports of reflecting services like
 /// echo, chargen, DNS, NTP). Once every socket is bound it prints `listening
 /// on IP:PORT` on stdout, one line per listener, then `listening on udp
-/// IP:PORT` per UDP socket. SIGINT or SIGTERM stops accepting and echoes
-/// everything clients sent; each connection gets an orderly FIN once the client
-/// has sent its own FIN (or been quiet for 250 ms with nothing left to echo),
-/// and a reset if bytes would otherwise be lost when --shutdown-timeout runs
-/// out; then the server exits 0. A second signal closes every connection at
-/// once. SIGUSR1 logs the counters. Logs go to stderr; set RUST_LOG (error,
-/// warn, info, debug, trace) to change the level, `info` by default.
+/// IP:PORT` per UDP socket. SIGINT or SIGTERM stops accepting and keeps
+/// echoing; a connection gets our orderly FIN only after the client's own
+/// FIN and the echo of everything before it, so a FIN always means "every
+/// byte was echoed". Connections still open when --shutdown-timeout runs
+/// out are reset (an idle client that never closes holds shutdown until
+/// then); then the server exits 0. A second signal resets every connection
+/// at once. SIGUSR1 logs the counters. Logs go to stderr; set RUST_LOG
+/// (error, warn, info, debug, trace) to change the level, `info` by default.
 ///
 /// With --threads N it runs N such loops, one per thread, each with its own
 /// listening socket per address (SO_REUSEPORT spreads new connections over
@@ -58,9 +59,9 @@ pub struct Args {
     pub udp: Vec<SocketAddr>,
 
     /// Most UDP replies per second to one source IP address (a burst of N,
-    /// refilled at N per second); datagrams beyond it are not answered and
-    /// are counted (udp_rate_limited). With --threads N each loop keeps its
-    /// own limit. 1 to 10,000,000. [default: off]
+    /// refilled at N per second), whatever other sources send and over all
+    /// loops; datagrams beyond it are not answered and are counted
+    /// (udp_rate_limited). 1 to 10,000,000. [default: off]
     #[arg(long, value_name = "N", allow_negative_numbers = true,
           value_parser = count_up_to(MAX_UDP_RATE_LIMIT as usize))]
     pub udp_rate_limit: Option<usize>,
@@ -80,8 +81,8 @@ pub struct Args {
     pub max_pending: usize,
 
     /// Seconds that shutdown may spend echoing before it resets the
-    /// connections still open (also the bound when a client never reads).
-    /// Fractions allowed; 0 to 86400.
+    /// connections still open: clients that have not sent FIN, or never
+    /// read their echo. 0 resets them at once. Fractions allowed; 0 to 86400.
     #[arg(long, value_name = "SECS", default_value = "5", allow_negative_numbers = true,
           value_parser = secs_up_to(MAX_SHUTDOWN_TIMEOUT, true))]
     pub shutdown_timeout: Duration,
@@ -195,6 +196,21 @@ fn parse_addr(text: &str) -> Result<SocketAddr, String> {
     const EXAMPLES: &str = "examples: 127.0.0.1:7007, [::1]:7007, 0.0.0.0:0";
     if let Ok(addr) = text.parse() {
         return Ok(addr);
+    }
+    // An IPv6 address without brackets: its colons hide the port ("::1:80"
+    // is itself a valid IPv6 address), so say how to write it.
+    if !text.starts_with('[') && text.matches(':').count() > 1 {
+        let example = match text.rsplit_once(':') {
+            Some((host, port))
+                if host.parse::<std::net::Ipv6Addr>().is_ok() && port.parse::<u16>().is_ok() =>
+            {
+                format!("[{host}]:{port}")
+            }
+            _ => "[::1]:7007".to_string(),
+        };
+        return Err(format!(
+            "'{text}' is not IP:PORT: write IPv6 addresses in brackets, as {example}"
+        ));
     }
     // Say what is wrong when only the port is: "127.0.0.1:99999".
     if let Some((host, port)) = text.rsplit_once(':') {
