@@ -76,7 +76,7 @@ fn run(args: Args) -> io::Result<()> {
 
     // The echo server is a guest: it gets a token range and a listener the
     // host bound itself (the host could set its own backlog or inherit one).
-    let mut server = EchoServer::new(Config::default(), ECHO_BASE);
+    let mut server = EchoServer::new(Config::default(), ECHO_BASE).map_err(io::Error::other)?;
     let listener =
         TcpListener::bind(tcp_addr).map_err(|e| with_context(e, "listen on", tcp_addr))?;
     let tcp = server.adopt(listener)?;

@@ -6,27 +6,11 @@
 //! bookkeeping: growth bounded by the cap, reuse, and giving memory back.
 
 /// Spare pending buffers kept for reuse, so that a steady stream of partial
-/// writes does not allocate. Beyond this, drained buffers are freed.
+/// writes does not allocate. Beyond this, drained buffers are freed (and
+/// counted in `Scratch::freed`, so that a host can ask its allocator to give
+/// the memory back to the system: the binary does, see `EchoServer::
+/// freed_buffer_bytes`).
 const SPARE_BUFFERS: usize = 64;
-
-/// Freed pending-buffer bytes after which the allocator is asked to give
-/// free memory back to the system (issue 8: after 2,000 non-reading clients
-/// left, RSS stayed at its peak of 80 MiB; with this it falls back near idle).
-const TRIM_AFTER: usize = 4 << 20;
-
-/// Gives the allocator's free pages back to the system. glibc keeps freed
-/// 64 KiB blocks in its heap, where they count as resident forever unless
-/// they happen to sit at its top; `malloc_trim` releases every whole free
-/// page. It walks the heap, so it runs once per `TRIM_AFTER` bytes freed,
-/// never per message. Other allocators return memory on their own.
-fn return_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only reorganises the allocator's free lists; it
-    // touches no live allocation.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
 
 /// Bytes read but not yet echoed, for one connection.
 ///
@@ -60,7 +44,7 @@ impl Pending {
         let needed = self.buf.len() + bytes.len();
         if needed > self.buf.capacity() {
             // Double as a Vec would, but never past the bound: a doubled
-            // 64 KiB buffer would hold 128 KiB for a 64 KiB cap (issue 8).
+            // 64 KiB buffer would hold 128 KiB for a 64 KiB cap.
             let target = needed.max(self.buf.capacity().saturating_mul(2).min(bound));
             self.buf.reserve_exact(target - self.buf.len());
         }
@@ -91,9 +75,8 @@ pub struct Scratch {
     // 24-byte Vec), and a box moves between pool and connection as it is.
     #[allow(clippy::vec_box)]
     pub(crate) spare: Vec<Box<Pending>>,
-    // Bytes of pending buffers freed (not pooled) since memory was last
-    // handed back to the system.
-    pub(crate) freed: usize,
+    // Bytes of pending buffers freed (not pooled) so far.
+    pub(crate) freed: u64,
 }
 
 impl Scratch {
@@ -125,11 +108,6 @@ impl Scratch {
             self.spare.push(pending);
             return;
         }
-        self.freed = self.freed.saturating_add(pending.capacity());
-        drop(pending);
-        if self.freed >= TRIM_AFTER {
-            self.freed = 0;
-            return_free_memory();
-        }
+        self.freed = self.freed.saturating_add(pending.capacity() as u64);
     }
 }

@@ -1,7 +1,8 @@
 //! One peer's echo state, over any `Read + Write` stream.
 //!
 //! A [`Connection`] knows nothing about `mio`, registries or tokens: the loop
-//! in `server/` owns those. That keeps the echo logic testable with a
+//! in `server/` owns those, in a slot around each connection
+//! (`server/connections.rs`). That keeps the echo logic testable with a
 //! scripted in-memory stream (see the tests at the bottom of this file) and
 //! makes the rules of non-blocking I/O visible in one place:
 //!
@@ -12,18 +13,17 @@
 
 use std::io::{self, ErrorKind};
 
-use mio::Interest;
-
-pub use crate::buffers::{Pending, Scratch};
-pub use crate::stream::{HalfClose, Stream};
+use crate::buffers::{Pending, Scratch};
+use crate::stream::Stream;
 
 /// On Linux a read of a stream socket that returns fewer bytes than asked for
 /// has emptied the receive queue, and any byte that arrives later raises a new
 /// edge. Treating a short read as "drained" saves one `read` returning `EAGAIN`
-/// per message: 2 syscalls per echoed message instead of 3 (see the
-/// `syscalls` figure in the README). Elsewhere we read until `WouldBlock`.
-/// One exception: a FIN queued behind the data raises no new edge, so once the
-/// event said the peer closed ([`Connection::peer_closing`]) we read on to 0.
+/// per message: 2 syscalls per echoed message instead of 3
+/// (`benches/syscalls.sh`). Elsewhere we read until `WouldBlock`.
+/// Exceptions: a FIN queued behind the data raises no new edge, and a read
+/// stops at a TCP urgent mark, so once an event said either
+/// ([`Connection::read_past_short_reads`]) we read on to the end.
 const SHORT_READ_DRAINS: bool = cfg!(target_os = "linux");
 
 /// Limits that shape one [`Connection::drive`] call.
@@ -52,6 +52,32 @@ pub struct Progress {
     pub paused: bool,
 }
 
+/// The readiness a connection wants next: to read, to write, both, or
+/// nothing (it is done). A host maps it onto its event loop's interest.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Wants(u8);
+
+impl Wants {
+    /// Nothing more: the connection is done and can be closed.
+    pub const NOTHING: Wants = Wants(0);
+    /// Readable only: the state of an echo connection between messages.
+    pub const READ: Wants = Wants(1);
+    /// Writable only: pending bytes wait and reading is paused or over.
+    pub const WRITE: Wants = Wants(2);
+    /// Both: bytes wait to be written and more may be read.
+    pub const READ_WRITE: Wants = Wants(3);
+
+    /// True if it wants to read.
+    pub fn read(self) -> bool {
+        self.0 & Wants::READ.0 != 0
+    }
+
+    /// True if it wants to write.
+    pub fn write(self) -> bool {
+        self.0 & Wants::WRITE.0 != 0
+    }
+}
+
 // Bits of `Connection::flags`.
 const READ_CLOSED: u8 = 1; // the peer sent FIN: read returned 0
 const PAUSED: u8 = 2; // backpressure: too much pending, reads stopped
@@ -60,25 +86,15 @@ const READ_TO_END: u8 = 8; // an event said FIN or urgent data: read to WouldBlo
 
 /// One peer's echo state.
 ///
-/// Every field is small on purpose: the slab holds one of these per connection,
-/// and an idle connection costs only `size_of::<Connection<TcpStream>>()` bytes
-/// of user-space memory (24 on 64-bit Linux) plus the slab's slot overhead.
-//
-// `repr(C)` with the stream first: the loop finds the socket's descriptor
-// at the connection's own address instead of keeping a second pointer
-// (152 -> 148 instructions per message). Still 24 bytes: stream 4 (+4 padding),
-// pending 8, then 8 bytes of the loop's bookkeeping.
+/// Small on purpose: the server keeps one per connection, and an idle
+/// connection owns no heap memory. With a mio `TcpStream` it is 16 bytes on
+/// 64-bit Linux (the descriptor, the pending buffer's pointer, the flags);
+/// the server's slot around it makes 24.
 #[derive(Debug)]
-#[repr(C)]
 pub struct Connection<S> {
     stream: S,
     // Some only while bytes are waiting to be written back; never empty.
     pending: Option<Box<Pending>>,
-    // The loop's bookkeeping, kept here (not in a wrapper struct) so that the
-    // whole slab entry packs into 24 bytes: see `server/mod.rs`.
-    pub(crate) last_active: u32,
-    pub(crate) generation: u16,
-    pub(crate) registered: u8,
     flags: u8,
 }
 
@@ -99,9 +115,6 @@ impl<S: Stream> Connection<S> {
         Connection {
             stream,
             pending: None,
-            last_active: 0,
-            generation: 0,
-            registered: 0,
             flags: 0,
         }
     }
@@ -116,31 +129,15 @@ impl<S: Stream> Connection<S> {
         self.pending.as_ref().map_or(0, |p| p.len())
     }
 
+    /// Bytes of heap this connection's pending buffer holds (its capacity),
+    /// 0 when nothing is pending.
+    pub fn pending_capacity(&self) -> usize {
+        self.pending.as_ref().map_or(0, |p| p.capacity())
+    }
+
     /// True once the peer has half-closed (a read returned 0).
     pub fn read_closed(&self) -> bool {
         self.flags & READ_CLOSED != 0
-    }
-
-    /// True once our write side is shut down: our FIN is sent (or queued
-    /// behind the bytes the kernel still holds).
-    pub fn write_shut(&self) -> bool {
-        self.flags & WRITE_SHUT != 0
-    }
-
-    /// Notes that a readiness event reported the peer's FIN (mio's
-    /// `is_read_closed`). The FIN may sit behind data in the receive queue,
-    /// and it raises no further edge, so from now on reads continue until
-    /// they return 0 instead of stopping at a short read.
-    pub fn peer_closing(&mut self) {
-        self.flags |= READ_TO_END;
-    }
-
-    /// Notes that a readiness event reported TCP urgent data (mio's
-    /// `is_priority`). A Linux read stops at the urgent mark, so a short
-    /// read no longer proves the queue empty and the bytes behind the mark
-    /// raise no new edge: from now on reads continue until `WouldBlock`.
-    pub fn urgent_data(&mut self) {
-        self.flags |= READ_TO_END;
     }
 
     /// True while reading is paused by backpressure.
@@ -149,55 +146,31 @@ impl<S: Stream> Connection<S> {
     }
 
     /// True when this connection has nothing left to do: the peer half-closed,
-    /// every byte was echoed and our write side was shut down.
+    /// every byte was echoed and our write side was shut down (our FIN).
     pub fn is_done(&self) -> bool {
         self.flags & (READ_CLOSED | WRITE_SHUT) == READ_CLOSED | WRITE_SHUT
     }
 
+    /// Notes that a readiness event reported the peer's FIN or TCP urgent
+    /// data. Either may sit behind data in the receive queue and raise no
+    /// further edge (a Linux read also stops at the urgent mark), so from
+    /// now on reads continue until `WouldBlock` or 0 instead of stopping at
+    /// a short read.
+    pub fn read_past_short_reads(&mut self) {
+        self.flags |= READ_TO_END;
+    }
+
     /// The readiness this connection wants next, derived from its state.
     ///
-    /// READABLE while it may read; WRITABLE only while bytes are pending, so
-    /// an idle connection gets no "you can write" wake-ups. `None` means it
-    /// wants nothing more and should be closed.
-    pub fn wanted(&self) -> Option<Interest> {
-        match (self.wants_read(), self.wants_write()) {
-            (true, true) => Some(Interest::READABLE | Interest::WRITABLE),
-            (true, false) => Some(Interest::READABLE),
-            (false, true) => Some(Interest::WRITABLE),
-            (false, false) => None,
-        }
-    }
-
-    /// True while it may read: the peer has not half-closed and reading is
-    /// not paused. (A connection that is done has half-closed.)
+    /// To read while the peer has not half-closed and reading is not
+    /// paused; to write only while bytes are pending, so an idle connection
+    /// gets no "you can write" wake-ups. [`Wants::NOTHING`] means it is done
+    /// and should be closed.
     #[inline]
-    pub fn wants_read(&self) -> bool {
-        self.flags & (READ_CLOSED | PAUSED) == 0
-    }
-
-    /// True while bytes are pending: only then is WRITABLE wanted.
-    #[inline]
-    pub fn wants_write(&self) -> bool {
-        self.pending.is_some()
-    }
-
-    /// True when the loop's `registered` bits, masked by `mask`, are exactly
-    /// `read` and the connection still wants exactly that: it may read and
-    /// nothing is pending, the state of an echo connection between two
-    /// messages. `registered` and `flags` are adjacent bytes, tested here as
-    /// one 16-bit word: one load and one compare instead of deriving both
-    /// interest bits and comparing them (see `EchoServer::drive`).
-    #[inline(always)]
-    pub(crate) fn wants_just(&self, mask: u8, read: u8) -> bool {
-        let word = u16::from_le_bytes([self.registered, self.flags]);
-        let care = u16::from_le_bytes([mask, READ_CLOSED | PAUSED]);
-        self.pending.is_none() && word & care == u16::from(read)
-    }
-
-    /// Bytes of heap this connection's pending buffer holds (its capacity),
-    /// 0 when nothing is pending.
-    pub fn pending_capacity(&self) -> usize {
-        self.pending.as_ref().map_or(0, |p| p.capacity())
+    pub fn wants(&self) -> Wants {
+        let read = self.flags & (READ_CLOSED | PAUSED) == 0;
+        let write = self.pending.is_some();
+        Wants(u8::from(read) | u8::from(write) << 1)
     }
 
     /// Echoes as much as the stream allows right now.
@@ -237,11 +210,10 @@ impl<S: Stream> Connection<S> {
     /// assert_eq!(&back, b"hi");
     /// # Ok::<(), std::io::Error>(())
     /// ```
-    // Inlined into the loop's event handler, as is `EchoServer::drive`
-    // around it: one function per event instead of three, about 24
-    // instructions per message (280 -> 256, benches/instructions.sh). The
-    // rare paths (`flush`, `keep`, `write_rest`) stay out of line.
-    #[inline(always)]
+    // Inlined into the loop's event handler: the common path (one read, one
+    // write, nothing kept) is small, and the rare ones (`flush`, `keep`,
+    // `write_rest`) stay out of line (benches/instructions.sh).
+    #[inline]
     pub fn drive(&mut self, scratch: &mut Scratch, limits: &Limits) -> io::Result<Progress> {
         let mut progress = Progress::default();
         // Bytes left over from an earlier call go first. If some are still
@@ -258,16 +230,13 @@ impl<S: Stream> Connection<S> {
             self.flags &= !PAUSED;
         }
         let mut budget = limits.budget;
-        // Whether a short read ends this call (see SHORT_READ_DRAINS), decided
-        // once: only a WouldBlock, which ends the call anyway, clears
-        // READ_TO_END (with recv/send always inlined: 227 -> 218 per message).
+        // Whether a short read ends this call (see SHORT_READ_DRAINS): only
+        // a WouldBlock, which ends the call anyway, clears READ_TO_END.
         let short_read_drains = SHORT_READ_DRAINS && self.flags & READ_TO_END == 0;
         loop {
             if self.read_closed() {
                 // The peer sent everything: once every byte is echoed, our
-                // FIN says so. Only here (a read of 0 comes back here), not
-                // after the loop, where the common path would test it again
-                // (155 -> 148 instructions per message).
+                // FIN says so (a read of 0 comes back here).
                 progress.drained = true;
                 if self.pending.is_none() {
                     self.shutdown_write()?;
@@ -281,7 +250,7 @@ impl<S: Stream> Connection<S> {
             // While nothing is pending, each chunk goes straight back, so a
             // whole buffer may be read; once bytes are pending, new ones
             // queue behind them and only the room under the cap is read
-            // (issue 8: capping every read by the room made `--max-pending 1`
+            // (capping every read by the room would make `--max-pending 1`
             // read one byte at a time). So pending bytes never exceed
             // max(max_pending, read buffer).
             // (Neither the buffer nor the budget is empty here, so only the
@@ -317,14 +286,7 @@ impl<S: Stream> Connection<S> {
                          // Echo at once; keep only what the socket would not take. If bytes
                          // are already pending, new ones must queue behind them (order).
             let sent = match self.pending {
-                // The usual case, the socket takes it all, is tried here so
-                // that it yields `n` without a `Result` to test again
-                // (169 -> 164 instructions per message); partial writes,
-                // `Interrupted` and errors go on in `write_rest`.
-                None => match self.stream.send(&scratch.read[..n]) {
-                    Ok(sent) if sent == n => n,
-                    first => write_rest(&mut self.stream, &scratch.read[..n], first)?,
-                },
+                None => write_some(&mut self.stream, &scratch.read[..n])?,
                 Some(_) => 0,
             };
             progress.bytes_out += sent;
@@ -343,23 +305,24 @@ impl<S: Stream> Connection<S> {
         Ok(progress)
     }
 
-    // Sends our FIN: only once the peer's FIN has arrived and every byte
-    // before it was echoed (from `drive`), so a FIN always means "all
-    // echoed".
-    fn shutdown_write(&mut self) -> io::Result<()> {
-        if !self.write_shut() {
-            self.flags |= WRITE_SHUT;
-            self.stream.shutdown_write()?;
-        }
-        Ok(())
-    }
-
-    /// Returns this connection's pending buffer to the pool, if it has one.
-    pub fn release(&mut self, scratch: &mut Scratch) {
+    /// Returns this connection's pending buffer to the pool, if it has one
+    /// (when the server closes it).
+    pub(crate) fn release(&mut self, scratch: &mut Scratch) {
         if let Some(mut pending) = self.pending.take() {
             pending.consume(pending.len());
             scratch.give_back(pending);
         }
+    }
+
+    // Sends our FIN: only once the peer's FIN has arrived and every byte
+    // before it was echoed (from `drive`), so a FIN always means "all
+    // echoed".
+    fn shutdown_write(&mut self) -> io::Result<()> {
+        if self.flags & WRITE_SHUT == 0 {
+            self.flags |= WRITE_SHUT;
+            self.stream.shutdown_write()?;
+        }
+        Ok(())
     }
 
     fn pause(&mut self, progress: &mut Progress) {
@@ -370,11 +333,8 @@ impl<S: Stream> Connection<S> {
     }
 
     // Copies `scratch.read[range]`, which the stream would not take, into the
-    // pending buffer (taken from the pool when there is none yet). Kept out
-    // of `drive`, like `flush`, so that the common path (one read, one
-    // write, nothing kept) stays small enough to be inlined into the loop
-    // (with the flush and the resume check done once per call instead of
-    // once per read: 421 -> 331 instructions per message).
+    // pending buffer (taken from the pool when there is none yet). Out of
+    // line, like `flush`, so that the common path stays small.
     #[inline(never)]
     fn keep(&mut self, scratch: &mut Scratch, range: std::ops::Range<usize>, limits: &Limits) {
         let spare = &mut scratch.spare;
@@ -402,16 +362,19 @@ impl<S: Stream> Connection<S> {
 }
 
 /// Writes as much of `bytes` (never empty) as the stream takes before it
-/// would block.
+/// would block. The usual case, the stream takes it all at once, returns
+/// here; partial writes, `Interrupted` and errors go on in `write_rest`.
+#[inline]
 fn write_some<W: Stream>(stream: &mut W, bytes: &[u8]) -> io::Result<usize> {
     debug_assert!(!bytes.is_empty());
-    let first = stream.send(bytes);
-    write_rest(stream, bytes, first)
+    match stream.send(bytes) {
+        Ok(sent) if sent == bytes.len() => Ok(sent),
+        first => write_rest(stream, bytes, first),
+    }
 }
 
-/// `write_some` after its first `send` returned `first`. Out of line, so
-/// that no loop state of `drive` lives across it (238 -> 232 instructions
-/// per message, benches/instructions.sh).
+/// `write_some` after its first `send` returned `first`: out of line, as
+/// the rare path.
 #[inline(never)]
 fn write_rest<W: Stream>(
     stream: &mut W,
@@ -465,7 +428,7 @@ mod tests {
         assert_eq!((p.bytes_in, p.bytes_out), (5, 5));
         assert!(p.drained);
         assert_eq!(conn.pending_len(), 0);
-        assert_eq!(conn.wanted(), Some(Interest::READABLE));
+        assert_eq!(conn.wants(), Wants::READ);
     }
 
     #[test]
@@ -478,7 +441,7 @@ mod tests {
     }
 
     #[test]
-    fn issue_10_a_short_message_costs_one_read_and_one_write() {
+    fn a_short_message_costs_one_read_and_one_write() {
         // The lean path's syscall budget: a message that arrives whole and
         // is taken whole is one read (short: the queue is empty) and one
         // write, with no pending buffer and nothing left to flush.
@@ -499,7 +462,7 @@ mod tests {
     }
 
     #[test]
-    fn issue_10_a_partial_first_write_goes_on_until_it_would_block() {
+    fn a_partial_first_write_goes_on_until_it_would_block() {
         // The first send is tried inline; what it did not take is retried
         // (after Interrupted too) until the stream would block, then kept.
         let mut conn = conn_with(b"0123456789");
@@ -527,11 +490,11 @@ mod tests {
         conn.drive(&mut scratch, &LIMITS).unwrap();
         assert_eq!(conn.stream.output, b"012");
         assert_eq!(conn.pending_len(), 7);
-        assert_eq!(conn.wanted(), Some(Interest::READABLE | Interest::WRITABLE));
+        assert_eq!(conn.wants(), Wants::READ_WRITE);
         // The next writable event flushes the rest, and WRITABLE is dropped.
         conn.drive(&mut scratch, &LIMITS).unwrap();
         assert_eq!(conn.stream.output, b"0123456789");
-        assert_eq!(conn.wanted(), Some(Interest::READABLE));
+        assert_eq!(conn.wants(), Wants::READ);
     }
 
     #[test]
@@ -568,7 +531,7 @@ mod tests {
         let p = conn.drive(&mut scratch, &LIMITS).unwrap();
         assert!(p.paused);
         assert_eq!(conn.pending_len(), LIMITS.max_pending);
-        assert_eq!(conn.wanted(), Some(Interest::WRITABLE));
+        assert_eq!(conn.wants(), Wants::WRITE);
         // Still blocked: no read, no growth.
         let reads = conn.stream.read_calls;
         conn.drive(&mut scratch, &LIMITS).unwrap();
@@ -616,7 +579,7 @@ mod tests {
         }
         assert_eq!(conn.stream.output, b"bye");
         assert!(conn.stream.shut);
-        assert_eq!(conn.wanted(), None);
+        assert_eq!(conn.wants(), Wants::NOTHING);
     }
 
     #[test]
@@ -628,19 +591,19 @@ mod tests {
         conn.drive(&mut scratch, &LIMITS).unwrap();
         assert!(conn.read_closed());
         assert!(!conn.is_done());
-        assert_eq!(conn.wanted(), Some(Interest::WRITABLE));
+        assert_eq!(conn.wants(), Wants::WRITE);
         conn.drive(&mut scratch, &LIMITS).unwrap();
         assert!(conn.is_done());
         assert_eq!(conn.stream.output, b"data");
     }
 
     #[test]
-    fn issue_2_fin_queued_behind_data_is_read() {
+    fn fin_queued_behind_data_is_read() {
         // Data and FIN arrived together: one edge, and the short read that
         // returns the data must not end reading before the FIN is seen.
         let mut conn = conn_with(b"last words");
         conn.stream.eof = true;
-        conn.peer_closing();
+        conn.read_past_short_reads();
         let mut scratch = Scratch::new(64);
         conn.drive(&mut scratch, &LIMITS).unwrap();
         assert!(conn.read_closed());
@@ -649,7 +612,7 @@ mod tests {
     }
 
     #[test]
-    fn issue_8_a_tiny_max_pending_does_not_shrink_reads() {
+    fn a_tiny_max_pending_does_not_shrink_reads() {
         // With nothing pending, a read may fill the whole shared buffer: only
         // bytes the socket refused count against the cap.
         let input = vec![7u8; 4 * 64];
@@ -663,8 +626,8 @@ mod tests {
         let p = conn.drive(&mut scratch, &limits).unwrap();
         assert_eq!(p.bytes_in, input.len());
         assert_eq!(conn.stream.output, input);
-        // Four full reads and the one that would block (1 byte per read
-        // before the fix: 256 reads).
+        // Four full reads and the one that would block, not one read per
+        // byte.
         assert!(
             conn.stream.read_calls <= 5,
             "{} reads",
@@ -726,7 +689,7 @@ mod tests {
             #![proptest_config(ProptestConfig::with_cases(256))]
 
             /// Output equals input, pending never exceeds the cap, and the
-            /// wanted interest matches the state after every step.
+            /// wanted readiness matches the state after every step.
             #[test]
             fn echo_is_exact_under_random_readiness(
                 input in proptest::collection::vec(any::<u8>(), 0..6000),

@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::io::{self, ErrorKind, Read, Write};
 
-use crate::connection::{Connection, HalfClose, Limits, Scratch, Stream};
+use crate::{Connection, HalfClose, Limits, Scratch, Stream};
 
 /// What the scripted stream does on its next read or write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,7 +106,7 @@ impl HalfClose for Scripted {
 /// until it is done or (without EOF) has echoed all input. After every step
 /// it checks that pending bytes (and the pending buffer's capacity) never
 /// exceed max(`limits.max_pending`, the read buffer) and that
-/// [`Connection::wanted`] matches the state. At the end it checks that the
+/// [`Connection::wants`] matches the state. At the end it checks that the
 /// output equals the input and that the write side was shut down exactly when
 /// the peer half-closed. Scripted `Fail` steps end it early with `Ok`.
 ///
@@ -131,11 +131,11 @@ pub fn drive_checked(
             ));
         }
         let reading = !conn.read_closed() && !conn.is_paused() && !conn.is_done();
-        let wanted = conn.wanted();
-        if wanted.is_some_and(|i| i.is_writable()) != (pending > 0) {
+        let wanted = conn.wants();
+        if wanted.write() != (pending > 0) {
             return Err(format!("wanted {wanted:?} with {pending} bytes pending"));
         }
-        if wanted.is_some_and(|i| i.is_readable()) != reading {
+        if wanted.read() != reading {
             return Err(format!("wanted {wanted:?} while reading={reading}"));
         }
         let done = conn.is_done();

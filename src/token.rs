@@ -54,10 +54,6 @@ impl Tokens {
         Some(Tokens { base: base.0 })
     }
 
-    pub(crate) fn range(&self) -> std::ops::Range<usize> {
-        self.base..self.base + TOKEN_SPAN
-    }
-
     #[inline]
     pub(crate) fn owns(&self, token: Token) -> bool {
         self.local(token).is_some()

@@ -69,7 +69,7 @@ fn serve_counted(
     let mut events = Events::with_capacity(256);
     TRACKED.with(|t| t.set(Some(counter)));
     // Prove the counter sees this thread's allocations, whatever the
-    // timing of the warm-up that follows (issue 9: it could make none).
+    // timing of the warm-up that follows (which may make none).
     drop(std::hint::black_box(Box::new([0u8; 32])));
     probe_tx.send(counter.load(Ordering::Relaxed)).unwrap();
     let give_up = Instant::now() + Duration::from_secs(60);
@@ -83,10 +83,8 @@ fn serve_counted(
 #[test]
 fn the_echo_path_does_not_allocate_in_the_steady_state() {
     let mut poll = Poll::new().unwrap();
-    let config = Config {
-        max_pending: 16 * 1024,
-        ..Config::default()
-    };
+    let mut config = Config::default();
+    config.max_pending = 16 * 1024;
     let (mut server, addr) = embedded_server(&poll, config);
     let stop = Arc::new(AtomicBool::new(false));
     let host_stop = stop.clone();
@@ -146,17 +144,16 @@ fn the_echo_path_does_not_allocate_in_the_steady_state() {
     );
 }
 
-/// Issue 11: two servers on two threads behind one port (a `listener_group`),
-/// sharing one `SharedLimit`, as `--threads 2` runs them. Neither thread
-/// allocates while echoing, and the shared limit is touched only when a
-/// connection is admitted or closed: its operation count does not move
-/// during 40,000 echoes and equals accepts plus closes at the end.
+/// Two servers on two threads behind one port (a `listener_group`),
+/// sharing one `SharedLimits`, as `--threads 2` runs them: neither thread
+/// allocates while echoing. (That the shared limits are touched only when a
+/// connection is admitted or closed is a unit test of `server/mod.rs`.)
 #[test]
-fn issue_11_two_loops_do_not_allocate_or_share_per_message() {
-    use echoloop::server::{listener_group, SharedLimit};
-    use echoloop::EchoServer;
+fn two_loops_do_not_allocate_per_message() {
+    use echoloop::{listener_group, EchoServer, SharedLimits};
 
-    let limit = SharedLimit::new(1000);
+    let config = Config::default();
+    let limits = SharedLimits::new(&config);
     let group = listener_group("127.0.0.1:0".parse().unwrap(), 2).unwrap();
     let addr = group[0].local_addr().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
@@ -164,13 +161,13 @@ fn issue_11_two_loops_do_not_allocate_or_share_per_message() {
     let hosts: Vec<_> = group
         .into_iter()
         .map(|listener| {
-            let limit = limit.clone();
+            let (limits, config) = (limits.clone(), config.clone());
             let stop = stop.clone();
             let probe_tx = probe_tx.clone();
             thread::spawn(move || {
                 let mut poll = Poll::new().unwrap();
                 let mut server =
-                    EchoServer::with_shared_limit(Config::default(), mio::Token(0), limit);
+                    EchoServer::with_shared_limits(config, mio::Token(0), &limits).unwrap();
                 server.adopt(listener).unwrap();
                 server.register(poll.registry()).unwrap();
                 serve_counted(
@@ -201,12 +198,12 @@ fn issue_11_two_loops_do_not_allocate_or_share_per_message() {
     exchange(&mut clients, 100); // warm-up: accepts, slab pages
     thread::sleep(Duration::from_millis(100));
     let allocations = || TWO_LOOP_ALLOCATIONS.load(Ordering::Relaxed);
-    let (allocs_before, ops_before) = (allocations(), limit.operations());
+    let allocs_before = allocations();
     exchange(&mut clients, 1000);
-    let (allocs_after, ops_after) = (allocations(), limit.operations());
+    let allocs_after = allocations();
     drop(clients);
     let deadline = Instant::now() + Duration::from_secs(20);
-    while limit.active() > 0 && Instant::now() < deadline {
+    while limits.active() > 0 && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(10));
     }
     stop.store(true, Ordering::Relaxed);
@@ -224,34 +221,18 @@ fn issue_11_two_loops_do_not_allocate_or_share_per_message() {
         0,
         "allocations during 40,000 echoes"
     );
-    assert_eq!(
-        ops_after - ops_before,
-        0,
-        "the shared limit was touched per message"
-    );
     let total = stats[0] + stats[1];
-    let closes = total.closed_by_peer
-        + total.closed_by_error
-        + total.closed_by_idle
-        + total.closed_by_shutdown;
-    assert_eq!((total.accepted, closes, limit.active()), (40, 40, 0));
-    assert_eq!(
-        limit.operations(),
-        total.accepted + total.rejected + closes,
-        "shared-limit operations other than admit and close"
-    );
+    assert_eq!((total.accepted, limits.active()), (40, 0));
 }
 
-/// Issue 12: no allocation per datagram in the steady state, with the rate
-/// limit on (high enough never to refuse here) so its path is measured too.
+/// No allocation per datagram in the steady state, with the rate limit on
+/// (high enough never to refuse here) so its path is measured too.
 #[test]
-fn issue_12_no_allocation_per_datagram_in_the_steady_state() {
+fn no_allocation_per_datagram_in_the_steady_state() {
     let mut poll = Poll::new().unwrap();
-    let config = Config {
-        udp_rate_limit: Some(10_000_000),
-        ..Config::default()
-    };
-    let mut server = echoloop::EchoServer::new(config, mio::Token(0));
+    let mut config = Config::default();
+    config.udp_rate_limit = Some(10_000_000);
+    let mut server = echoloop::EchoServer::new(config, mio::Token(0)).unwrap();
     let addr = server.bind_udp("127.0.0.1:0".parse().unwrap()).unwrap();
     server.register(poll.registry()).unwrap();
     let stop = Arc::new(AtomicBool::new(false));

@@ -42,12 +42,10 @@ fn host_sources(poll: &Poll) -> (UdpSocket, SocketAddr, Arc<Waker>) {
 #[test]
 fn two_servers_share_one_poll_and_host_events_are_untouched() {
     let mut poll = Poll::new().unwrap();
-    let mut a = EchoServer::new(Config::default(), Token(2));
-    let mut b = EchoServer::new(Config::default(), Token(2 + TOKEN_SPAN));
-    assert!(
-        a.token_range().end <= b.token_range().start,
-        "ranges overlap"
-    );
+    let mut a = EchoServer::new(Config::default(), Token(2)).unwrap();
+    let mut b = EchoServer::new(Config::default(), Token(2 + TOKEN_SPAN)).unwrap();
+    assert!(a.owns(Token(1 + TOKEN_SPAN)) && !a.owns(Token(2 + TOKEN_SPAN)));
+    assert!(b.owns(Token(2 + TOKEN_SPAN)) && !b.owns(Token(1 + TOKEN_SPAN)));
     let addr_a = a.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     // B adopts a listener the host bound itself, with its own backlog.
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
@@ -158,7 +156,7 @@ fn issue_10_handle_events_serves_the_batch_and_leaves_the_hosts_events() {
     // One server and two host sources in one Poll; the host hands each
     // whole batch to `handle_events` and serves only what it reports left.
     let mut poll = Poll::new().unwrap();
-    let mut server = EchoServer::new(Config::default(), Token(2));
+    let mut server = EchoServer::new(Config::default(), Token(2)).unwrap();
     let addr = server.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     server.register(poll.registry()).unwrap();
     let (udp, udp_addr, waker) = host_sources(&poll);
@@ -227,10 +225,8 @@ fn issue_10_handle_events_serves_the_batch_and_leaves_the_hosts_events() {
 #[test]
 fn counters_follow_what_happened() {
     let mut poll = Poll::new().unwrap();
-    let config = Config {
-        max_connections: 2,
-        ..Config::default()
-    };
+    let mut config = Config::default();
+    config.max_connections = 2;
     let (mut server, addr) = embedded_server(&poll, config);
     let mut events = Events::with_capacity(64);
     let mut turn = |server: &mut EchoServer, poll: &mut Poll| {

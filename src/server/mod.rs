@@ -1,5 +1,6 @@
-//! The echo service as a guest in a host's `mio::Poll`: the [`EchoServer`]
-//! and its fields, event routing, and the calls that tell the host what next.
+//! The echo service as a guest in a host's `mio::Poll`: [`EchoServer`],
+//! composed of parts that each own their state, and the orchestration
+//! between them.
 //!
 //! The host owns the `Poll` and calls, in each turn of its loop:
 //!
@@ -11,207 +12,293 @@
 //!   server.handle_timeout(registry, now)         leftover work, deadlines
 //! ```
 //!
-//! A host that routes events itself calls `handle_event` for each event the
-//! server [`owns`](EchoServer::owns) instead.
+//! The parts, one file each, none reaching into another's fields:
 //!
-//! This file holds the server's fields and the per-turn calls (what is due,
-//! how long the host may sleep); each concern has a room beside it, and
-//! each adds its own `impl EchoServer` block:
-//!
-//! * `route.rs`: events in, by token, to the room below that owns them.
-//! * `accept.rs`: listeners, accepting (bounded per turn), the connection
-//!   limit, and what happens when descriptors run out (the back-off).
-//! * `drive.rs`: one connection's turn: echo, interest, the ready queue of
-//!   connections that used their budget, and `close` (FIN or reset).
-//! * `deadlines.rs`: idle deadlines and their lazy heap.
-//! * `shutdown.rs`: orderly shutdown: FIN after the client's, reset at the
-//!   deadline.
-//! * `udp.rs`: UDP echo: datagrams in, replies out or dropped, reflection
-//!   protection, a per-turn datagram budget; `rate.rs` its optional
-//!   per-source rate limit.
+//! * `acceptor.rs`: the listeners, accepting (bounded per turn), the
+//!   connection limit, and what happens when descriptors run out.
+//! * `connections.rs`: the connections in their slots: one connection's
+//!   turn (echo, interest, the ready queue) and `close` (FIN or reset).
+//! * `idle.rs`: the idle timers and the server's clock.
+//! * `udp.rs`: the UDP endpoint (`rate.rs`: its per-source rate limit).
+//! * `shutdown.rs`: the shutdown state and the rule it keeps.
+//! * `shared.rs`: the limits several loops share.
 //! * `stats.rs`: the counters.
-//! * `reuseport.rs`: listening sockets, and a `SO_REUSEPORT` group of them
-//!   on one port for a host that runs several loops (its traps).
-//! * `limit.rs`: what servers on several threads share (one connection
-//!   limit, the news that a descriptor was freed); unused by one loop.
+//! * `reuseport.rs`: listening sockets, and `SO_REUSEPORT` groups of them.
 //!
-//! The echo itself is `Connection::drive` in `connection.rs`, which never
-//! sees a `Registry`.
+//! Orchestration, which part hears of an event and in what order, is here
+//! and in `route.rs` only: `route.rs` takes an event to its part (accept →
+//! connection → read → write → close), this file holds the per-turn calls
+//! and the steps that touch several parts (a close, the shutdown).
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
 use std::io;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use mio::net::TcpStream;
-use mio::{Interest, Registry, Token};
-use slab::Slab;
+use log::info;
+use mio::event::Event;
+use mio::net::{TcpListener, UdpSocket};
+use mio::{Events, Registry, Token};
 
-use crate::config::Config;
-use crate::connection::{Connection, Limits, Scratch};
+use crate::config::{Config, ConfigError};
+use crate::text::{human_duration, plural};
 use crate::token::Tokens;
 
-mod accept;
-mod deadlines;
-mod drive;
-mod limit;
+mod acceptor;
+mod connections;
+mod idle;
 mod rate;
 mod reuseport;
 mod route;
+mod shared;
 mod shutdown;
 mod stats;
 mod udp;
 
-pub use limit::{SharedLimit, SHARED_RETRY_CHECK};
-pub use reuseport::{listener_group, udp_group, MAX_GROUP, REUSEPORT_BALANCES};
+pub use reuseport::{listener_group, udp_group, MAX_GROUP};
+pub use shared::SharedLimits;
 pub use stats::Stats;
-pub use udp::{refused_source_port, MAX_UDP_SOCKETS, UDP_BUFFER, UDP_DATAGRAMS_PER_TURN};
 
-use accept::{Backoff, Listener};
-use deadlines::{Clock, IdleCheck};
-use drive::QUEUED;
+use acceptor::Acceptor;
+use connections::{Connections, Reason};
+use idle::IdleTimers;
 use route::Hints;
 use shutdown::Shutdown;
 use udp::Udp;
+
+#[cfg(doc)]
+use udp::{MAX_UDP_SOCKETS, UDP_DATAGRAMS_PER_TURN};
 
 /// A TCP echo server that runs inside a host's `mio::Poll`, and a UDP one
 /// for each socket given to [`EchoServer::bind_udp`] or
 /// [`EchoServer::adopt_udp`].
 ///
 /// It owns its listeners, UDP sockets and connections, never a `Poll`,
-/// `Waker` or thread.
-/// It uses only tokens in `base .. base + TOKEN_SPAN` (see
-/// [`EchoServer::owns`]). Each method does a bounded amount of work, stated
-/// on the method. A connection's failure is handled inside; only a
-/// listener's failure reaches the host as an error.
+/// `Waker` or thread, and keeps no global state. It uses only tokens in
+/// `base .. base + TOKEN_SPAN` (see [`EchoServer::owns`]). Each method does
+/// a bounded amount of work, stated on the method. A connection's failure is
+/// handled inside; only a listener's failure reaches the host as an error.
 ///
 /// ```
+/// use std::io::{Read, Write};
 /// use std::time::Instant;
 /// use mio::{Events, Poll, Token};
 /// use echoloop::{Config, EchoServer};
 ///
 /// let mut poll = Poll::new()?;
-/// let mut server = EchoServer::new(Config::default(), Token(0));
-/// let addr = server.bind("127.0.0.1:0".parse().unwrap())?;
+/// let mut server = EchoServer::new(Config::default(), Token(0))?;
+/// let addr = server.bind("127.0.0.1:0".parse()?)?;
 /// server.register(poll.registry())?;
 ///
 /// let mut client = std::net::TcpStream::connect(addr)?;
-/// # use std::io::{Read, Write};
 /// client.write_all(b"ping")?;
+/// client.set_nonblocking(true)?;
 /// let mut events = Events::with_capacity(64);
 /// let mut reply = [0u8; 4];
-/// client.set_nonblocking(true)?;
 /// let mut got = 0;
 /// while got < 4 {
 ///     poll.poll(&mut events, server.poll_timeout(Instant::now()))?;
 ///     let now = Instant::now();
-///     for event in events.iter() {
-///         server.handle_event(poll.registry(), event, now)?;
-///     }
+///     server.handle_events(poll.registry(), &events, now)?;
 ///     server.handle_timeout(poll.registry(), now)?;
 ///     match client.read(&mut reply[got..]) {
 ///         Ok(n) => got += n,
 ///         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-///         Err(e) => return Err(e),
+///         Err(e) => return Err(e.into()),
 ///     }
 /// }
 /// assert_eq!(&reply, b"ping");
-/// # Ok::<(), std::io::Error>(())
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct EchoServer {
     config: Config,
-    limits: Limits,
     tokens: Tokens,
-    listeners: Vec<Listener>,
-    conns: Slab<Connection<TcpStream>>,
-    scratch: Scratch,
-    // Connections that used their budget with data left: served next turn.
-    ready: VecDeque<(usize, u16)>,
-    idle: BinaryHeap<Reverse<IdleCheck>>,
-    clock: Clock,
-    next_generation: u16,
-    backoff: Option<Backoff>,
-    // Some once shutdown has begun: connections get our FIN once the peer
-    // finished and everything was echoed; the rest are reset at the deadline.
-    shutdown: Option<Shutdown>,
-    over_limit_warned: bool,
-    // UDP sockets and their receive buffer (empty without UDP).
+    acceptor: Acceptor,
+    conns: Connections,
+    idle: IdleTimers,
     udp: Udp,
-    // Some when this server is one of several loops sharing one limit.
-    shared: Option<SharedLimit>,
-    // `log_enabled!(Trace)`, read once per call from the host rather than
-    // once per event (148.4 -> 145.3 instructions per message).
-    tracing: bool,
-    stats: Stats,
+    shutdown: Shutdown,
 }
 
 impl EchoServer {
-    /// Creates a server with no listeners that will use tokens from `base`.
+    /// Creates a server with no listeners that will use the tokens from
+    /// `base` on (`base .. base + TOKEN_SPAN`).
     ///
     /// Allocates the shared read buffer (`config.read_buffer` bytes) and
-    /// nothing per connection.
+    /// nothing per connection; reads the open-files limit only through
+    /// `Config::default`.
     ///
-    /// # Panics
-    /// If `config` fails [`Config::validate`], or `base + TOKEN_SPAN` does not
-    /// fit in `usize`: both are programming errors of the host.
+    /// # Errors
+    /// A [`ConfigError`] if `config` fails [`Config::validate`], or if
+    /// `base + TOKEN_SPAN` does not fit in `usize` (field `"base"`).
     ///
     /// ```
-    /// let server = echoloop::EchoServer::new(echoloop::Config::default(), mio::Token(0));
+    /// let server = echoloop::EchoServer::new(echoloop::Config::default(), mio::Token(0))?;
     /// assert!(server.owns(mio::Token(0)));
+    /// let mut bad = echoloop::Config::default();
+    /// bad.budget = 0;
+    /// assert!(echoloop::EchoServer::new(bad, mio::Token(0)).is_err());
+    /// # Ok::<(), echoloop::ConfigError>(())
     /// ```
-    pub fn new(config: Config, base: Token) -> EchoServer {
-        if let Err(msg) = config.validate() {
-            panic!("invalid echoloop config: {msg}");
-        }
-        let tokens = Tokens::new(base).expect("base token + TOKEN_SPAN must fit in usize");
-        let slots = config.max_connections.min(1 << 20);
-        EchoServer {
-            limits: config.limits(),
-            scratch: Scratch::new(config.read_buffer),
-            config,
-            tokens,
-            listeners: Vec::new(),
-            // Reserved, not touched: pages become resident only as slots are
-            // used, and the slab never moves (no copy, no doubling spike).
-            conns: Slab::with_capacity(slots),
-            ready: VecDeque::new(),
-            idle: BinaryHeap::new(),
-            clock: Clock::new(Instant::now()),
-            next_generation: 0,
-            backoff: None,
-            shutdown: None,
-            over_limit_warned: false,
-            udp: Udp::default(),
-            shared: None,
-            tracing: false,
-            stats: Stats::default(),
-        }
+    pub fn new(config: Config, base: Token) -> Result<EchoServer, ConfigError> {
+        let limits = SharedLimits::new(&config);
+        EchoServer::build(config, base, limits, false)
     }
 
     /// Creates a server, like [`EchoServer::new`], that is one of several
-    /// loops sharing `limit`: at most `limit.max()` connections over all of
-    /// them (and at most `config.max_connections` in this one). The servers
-    /// touch `limit` only when they admit or close a connection, and a
-    /// server backed off for lack of descriptors also notices the others'
-    /// closes (see [`SharedLimit`]). Run each server on its own thread with
-    /// its own `Poll`; the crate docs show the whole host.
+    /// loops sharing `limits` (made from the same `config`): at most
+    /// `config.max_connections` connections over all of them, and the UDP
+    /// rate limit over all of them. The servers touch `limits` only when
+    /// they admit or close a connection (see [`SharedLimits`]). Run each
+    /// server on its own thread with its own `Poll`; the crate docs show the
+    /// whole host.
     ///
-    /// # Panics
+    /// # Errors
     /// As [`EchoServer::new`].
     ///
     /// ```
-    /// use echoloop::server::SharedLimit;
-    /// use echoloop::{Config, EchoServer};
-    /// let limit = SharedLimit::new(8);
-    /// let a = EchoServer::with_shared_limit(Config::default(), mio::Token(0), limit.clone());
-    /// let b = EchoServer::with_shared_limit(Config::default(), mio::Token(0), limit.clone());
-    /// assert_eq!(limit.active(), 0);
+    /// use echoloop::{Config, EchoServer, SharedLimits};
+    /// let config = Config::default();
+    /// let limits = SharedLimits::new(&config);
+    /// let a = EchoServer::with_shared_limits(config.clone(), mio::Token(0), &limits)?;
+    /// let b = EchoServer::with_shared_limits(config, mio::Token(0), &limits)?;
+    /// assert_eq!(limits.active(), 0);
     /// # drop((a, b));
+    /// # Ok::<(), echoloop::ConfigError>(())
     /// ```
-    pub fn with_shared_limit(config: Config, base: Token, limit: SharedLimit) -> EchoServer {
-        let mut server = EchoServer::new(config, base);
-        server.shared = Some(limit);
-        server
+    pub fn with_shared_limits(
+        config: Config,
+        base: Token,
+        limits: &SharedLimits,
+    ) -> Result<EchoServer, ConfigError> {
+        EchoServer::build(config, base, limits.clone(), true)
+    }
+
+    fn build(
+        config: Config,
+        base: Token,
+        limits: SharedLimits,
+        shared: bool,
+    ) -> Result<EchoServer, ConfigError> {
+        config.validate()?;
+        let tokens = Tokens::new(base).ok_or_else(|| {
+            ConfigError::new("base", "token + TOKEN_SPAN must fit in usize".to_string())
+        })?;
+        Ok(EchoServer {
+            udp: Udp::new(tokens, limits.udp_rate()),
+            acceptor: Acceptor::new(
+                tokens,
+                config.accepts_per_turn,
+                config.max_connections,
+                limits,
+                shared,
+            ),
+            conns: Connections::new(tokens, &config),
+            idle: IdleTimers::new(config.idle_timeout, Instant::now()),
+            shutdown: Shutdown::default(),
+            tokens,
+            config,
+        })
+    }
+
+    /// Binds a listener of its own to `addr` and returns the bound address
+    /// (with the real port when `addr` had port 0).
+    ///
+    /// IPv6 listeners are IPv6-only, so `[::]:P` and `0.0.0.0:P` can both be
+    /// bound. Backlog 1024. Call [`EchoServer::register`] afterwards.
+    ///
+    /// # Errors
+    /// The bind's error (address in use, not available), or `InvalidInput`
+    /// past 16 listeners or after shutdown began.
+    ///
+    /// ```
+    /// let mut server = echoloop::EchoServer::new(Default::default(), mio::Token(0))?;
+    /// let addr = server.bind("127.0.0.1:0".parse()?)?;
+    /// assert_ne!(addr.port(), 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn bind(&mut self, addr: SocketAddr) -> io::Result<SocketAddr> {
+        self.adopt(reuseport::listening(addr, false)?)
+    }
+
+    /// Adopts a listener the host bound itself (custom backlog, inherited
+    /// socket) and returns its address. It must be non-blocking (as every
+    /// `mio::net::TcpListener` is). On Linux this sets TCP_NODELAY and
+    /// SO_OOBINLINE on the listener, which accepted sockets inherit. Call
+    /// [`EchoServer::register`] afterwards.
+    ///
+    /// # Errors
+    /// `InvalidInput` past 16 listeners or after shutdown began; the error of
+    /// `local_addr` or of setting the options.
+    ///
+    /// ```
+    /// let listener = mio::net::TcpListener::bind("127.0.0.1:0".parse()?)?;
+    /// let mut server = echoloop::EchoServer::new(Default::default(), mio::Token(0))?;
+    /// let addr = server.adopt(listener)?;
+    /// assert_eq!(server.local_addrs(), vec![addr]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn adopt(&mut self, listener: TcpListener) -> io::Result<SocketAddr> {
+        self.acceptor.adopt(listener)
+    }
+
+    /// Binds a UDP socket of its own to `addr` and returns the bound address
+    /// (with the real port when `addr` had port 0).
+    ///
+    /// IPv6 sockets are IPv6-only. No `SO_REUSEADDR` (for UDP on Linux it
+    /// would let a second socket share the port silently). Call
+    /// [`EchoServer::register`] afterwards.
+    ///
+    /// # Errors
+    /// The bind's error (address in use, not available), or `InvalidInput`
+    /// past [`MAX_UDP_SOCKETS`] (16) sockets or after shutdown began.
+    ///
+    /// ```
+    /// let mut server = echoloop::EchoServer::new(Default::default(), mio::Token(0))?;
+    /// let addr = server.bind_udp("127.0.0.1:0".parse()?)?;
+    /// assert_eq!(server.udp_addrs(), vec![addr]);
+    /// assert!(server.local_addrs().is_empty()); // TCP listeners only
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn bind_udp(&mut self, addr: SocketAddr) -> io::Result<SocketAddr> {
+        self.udp.check_room()?;
+        self.adopt_udp(reuseport::udp_bound(addr, false)?)
+    }
+
+    /// Adopts a UDP socket the host bound itself (for instance one of a
+    /// [`udp_group`], one per loop) and returns its address. It must be
+    /// non-blocking and unconnected. Allocates the UDP receive buffer (64
+    /// KiB) with the first socket. Call [`EchoServer::register`] afterwards.
+    ///
+    /// Each datagram goes back to its sender as one datagram, byte for byte,
+    /// at most [`UDP_DATAGRAMS_PER_TURN`] (64) per socket per turn; a reply
+    /// the socket will not take is dropped and counted, never queued;
+    /// datagrams from source port 0, from our own ports, or from the ports
+    /// of services that answer or amplify (echo, chargen, DNS, NTP, SSDP,
+    /// memcached, ...) are refused and counted.
+    ///
+    /// # Errors
+    /// `InvalidInput` past 16 sockets or after shutdown began; the error of
+    /// `local_addr`.
+    ///
+    /// ```
+    /// let socket = mio::net::UdpSocket::bind("127.0.0.1:0".parse()?)?;
+    /// let mut server = echoloop::EchoServer::new(Default::default(), mio::Token(0))?;
+    /// let addr = server.adopt_udp(socket)?;
+    /// assert_eq!(server.udp_addrs(), vec![addr]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn adopt_udp(&mut self, socket: UdpSocket) -> io::Result<SocketAddr> {
+        self.udp.adopt(socket)
+    }
+
+    /// The addresses of the TCP listeners, in the order they were added.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.acceptor.local_addrs()
+    }
+
+    /// The addresses of the UDP sockets, in the order they were added.
+    pub fn udp_addrs(&self) -> Vec<SocketAddr> {
+        self.udp.addrs()
     }
 
     /// Registers every listener and UDP socket not registered yet with
@@ -220,207 +307,354 @@ impl EchoServer {
     /// Work: one `epoll_ctl` per new listener or UDP socket.
     ///
     /// # Errors
-    /// The registry's error; listeners registered before it stay registered.
-    ///
-    /// ```
-    /// let poll = mio::Poll::new()?;
-    /// let mut server = echoloop::EchoServer::new(Default::default(), mio::Token(10));
-    /// server.bind("127.0.0.1:0".parse().unwrap())?;
-    /// server.register(poll.registry())?;
-    /// # Ok::<(), std::io::Error>(())
-    /// ```
+    /// The registry's error; sockets registered before it stay registered.
     pub fn register(&mut self, registry: &Registry) -> io::Result<()> {
-        for (index, listener) in self.listeners.iter_mut().enumerate() {
-            if let (Some(socket), false) = (listener.socket.as_mut(), listener.registered) {
-                let token = self.tokens.listener(index);
-                registry.register(socket, token, Interest::READABLE)?;
-                listener.registered = true;
-            }
-        }
-        self.register_udp(registry)
+        self.acceptor.register(registry)?;
+        self.udp.register(registry)
     }
 
-    /// True if `token` is in this server's range: route its events here.
+    /// True if `token` is in this server's range: its events are ours.
     #[inline]
     pub fn owns(&self, token: Token) -> bool {
         self.tokens.owns(token)
     }
 
-    /// The tokens this server may use: `base .. base + TOKEN_SPAN`.
-    pub fn token_range(&self) -> std::ops::Range<usize> {
-        self.tokens.range()
+    /// Handles every event in `events` whose token this server owns, in
+    /// order, and returns how many it left to the host: events for tokens
+    /// outside its range, which the host then handles itself (when the count
+    /// is not 0).
+    ///
+    /// A listener event accepts up to `accepts_per_turn` connections; a
+    /// connection event echoes up to `budget` bytes on that connection; a
+    /// UDP socket's event echoes up to [`UDP_DATAGRAMS_PER_TURN`]
+    /// datagrams. Events are hints: a stale one (for a connection already
+    /// closed, even if its slab slot was reused since) is ignored at the
+    /// cost of one compare.
+    ///
+    /// # Errors
+    /// Only a listener's failure (a connection's failure closes it); the
+    /// events after it in the batch are then left unhandled.
+    ///
+    /// ```
+    /// use std::time::Instant;
+    /// use mio::{Events, Poll, Token, Waker};
+    /// use echoloop::{Config, EchoServer};
+    ///
+    /// const WAKE: Token = Token(0);
+    /// let mut poll = Poll::new()?;
+    /// let waker = Waker::new(poll.registry(), WAKE)?;
+    /// let mut server = EchoServer::new(Config::default(), Token(1))?;
+    /// server.bind("127.0.0.1:0".parse()?)?;
+    /// server.register(poll.registry())?;
+    ///
+    /// waker.wake()?;
+    /// let mut events = Events::with_capacity(64);
+    /// poll.poll(&mut events, server.poll_timeout(Instant::now()))?;
+    /// let now = Instant::now();
+    /// let left = server.handle_events(poll.registry(), &events, now)?;
+    /// assert_eq!(left, 1, "the waker's event is the host's");
+    /// for event in events.iter().filter(|e| !server.owns(e.token())) {
+    ///     assert_eq!(event.token(), WAKE);
+    /// }
+    /// server.handle_timeout(poll.registry(), now)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn handle_events(
+        &mut self,
+        registry: &Registry,
+        events: &Events,
+        now: Instant,
+    ) -> io::Result<usize> {
+        let stamp = self.idle.stamp(now);
+        let mut foreign = 0;
+        for event in events.iter() {
+            if self.owns(event.token()) {
+                self.route(registry, event.token(), Hints::of(event), now, stamp)?;
+            } else {
+                foreign += 1;
+            }
+        }
+        Ok(foreign)
     }
 
-    /// How long the host may sleep before calling [`EchoServer::handle_timeout`].
+    /// Handles one event, as [`EchoServer::handle_events`] does for each,
+    /// for a host that routes events itself; ignores tokens it does not own.
     ///
-    /// Zero while budgeted work is left over (a connection yielded, a listener
-    /// hit its accept limit, a UDP socket its datagram budget); otherwise the earliest of the accept back-off,
-    /// the next idle deadline and the shutdown deadline; `None` when nothing
-    /// is due. Work: O(listeners).
+    /// # Errors
+    /// Only a listener's failure.
+    pub fn handle_event(
+        &mut self,
+        registry: &Registry,
+        event: &Event,
+        now: Instant,
+    ) -> io::Result<()> {
+        if !self.owns(event.token()) {
+            return Ok(());
+        }
+        let stamp = self.idle.stamp(now);
+        self.route(registry, event.token(), Hints::of(event), now, stamp)
+    }
+
+    /// How long the host may sleep before calling
+    /// [`EchoServer::handle_timeout`].
+    ///
+    /// Zero while budgeted work is left over (a connection used its read
+    /// budget, a listener its accepts, a UDP socket its datagrams);
+    /// otherwise the earliest of the accept back-off, the next idle deadline
+    /// and the shutdown deadline; `None` when nothing is due. Work:
+    /// O(listeners).
     ///
     /// ```
     /// use std::time::{Duration, Instant};
-    /// let config = echoloop::Config { idle_timeout: Some(Duration::from_secs(30)), ..Default::default() };
-    /// let server = echoloop::EchoServer::new(config, mio::Token(0));
+    /// let mut config = echoloop::Config::default();
+    /// config.idle_timeout = Some(Duration::from_secs(30));
+    /// let server = echoloop::EchoServer::new(config, mio::Token(0))?;
     /// // Nothing to do and no connection to time out: sleep until an event.
     /// assert_eq!(server.poll_timeout(Instant::now()), None);
+    /// # Ok::<(), echoloop::ConfigError>(())
     /// ```
     pub fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        let retry_now = self.backoff.as_ref().is_some_and(|b| b.retry_now);
-        let accept_more = self.backoff.is_none() && self.listeners.iter().any(|l| l.more);
-        if !self.ready.is_empty() || retry_now || accept_more || self.udp_more() {
+        if self.conns.ready_len() > 0 || self.udp.more() {
             return Some(Duration::ZERO);
         }
-        let idle = self.idle_due();
-        // Without a back-off or a shutdown, only the idle deadline can be
-        // set: no need to compare it with the others (per turn; with
-        // --idle-timeout 60, 136.2 -> 135.7 instructions per message).
-        if self.backoff.is_none() && self.shutdown.is_none() {
-            return idle.map(|due| due.saturating_duration_since(now));
-        }
-        let deadline = match &self.shutdown {
-            Some(shutdown) if !self.conns.is_empty() => shutdown.deadline,
-            _ => None,
+        let shutdown = match self.conns.len() {
+            0 => None,
+            _ => self.shutdown.deadline(),
         };
-        // Sharing the descriptor table: look for other loops' closes soon.
-        let shared_check = match (&self.backoff, &self.shared) {
-            (Some(_), Some(_)) => now.checked_add(SHARED_RETRY_CHECK),
-            _ => None,
-        };
-        [
-            self.backoff.as_ref().map(|b| b.until),
-            shared_check,
-            idle,
-            deadline,
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-        .map(|due| due.saturating_duration_since(now))
+        [self.acceptor.due(now), self.idle.due(), shutdown]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|due| due.saturating_duration_since(now))
     }
 
-    /// Does the work that is due at `now`: connections that yielded their
-    /// budget, UDP sockets that used theirs, accepts left over or backed off, idle closes and the shutdown
-    /// deadline. Call it once per loop turn, after the events.
+    /// Does the work that is due at `now`: connections that used their read
+    /// budget, UDP sockets that used theirs, accepts left over or backed
+    /// off, idle closes and the shutdown deadline. Call it once per loop
+    /// turn, after the events.
     ///
     /// Work: one budget for each connection queued before the call and each
-    /// UDP socket that used its budget, up to
-    /// `accepts_per_turn` accepts per listener, up to 1024 idle closes, and
-    /// at the shutdown deadline one close per remaining connection.
+    /// UDP socket that used its budget, up to `accepts_per_turn` accepts per
+    /// listener, up to 1024 idle closes, and at the shutdown deadline one
+    /// close per remaining connection.
     ///
     /// # Errors
     /// Only a listener's failure.
     pub fn handle_timeout(&mut self, registry: &Registry, now: Instant) -> io::Result<()> {
-        let ms = self.begin_call(now);
-        for _ in 0..self.ready.len() {
-            let Some((key, generation)) = self.ready.pop_front() else {
+        let stamp = self.idle.stamp(now);
+        for _ in 0..self.conns.ready_len() {
+            let Some((key, generation)) = self.conns.take_ready() else {
                 break;
             };
-            if let Some(conn) = self.current(key, generation) {
-                conn.registered &= !QUEUED;
-                self.drive(registry, key, generation, Hints::default(), ms);
-            }
+            self.drive(registry, key, generation, Hints::default(), stamp);
         }
-        self.udp_due(now);
-        self.accept_due(registry, now)?;
-        self.close_idle(registry, now);
-        let deadline = self.shutdown.as_ref().and_then(|s| s.deadline);
-        if deadline.is_some_and(|deadline| now >= deadline) {
+        self.udp.serve_due(now);
+        self.accept_due(registry, now, stamp)?;
+        for _ in 0..idle::CLOSES_PER_TURN {
+            let conns = &self.conns;
+            let Some(key) = self
+                .idle
+                .next_expired(now, |key, generation| conns.last_active(key, generation))
+            else {
+                break;
+            };
+            self.close(registry, key, Reason::Idle);
+        }
+        if self.shutdown.passed(now) {
             self.close_all(registry);
         }
         Ok(())
     }
 
-    /// The connection at `key` if it is still the one `generation` names:
-    /// the one check that keeps stale tokens and queue entries harmless.
-    fn current(&mut self, key: usize, generation: u16) -> Option<&mut Connection<TcpStream>> {
-        self.conns
-            .get_mut(key)
-            .filter(|conn| conn.generation == generation)
-    }
-
-    fn keys(&self) -> Vec<usize> {
-        self.conns.iter().map(|(key, _)| key).collect()
-    }
-}
-
-impl Drop for EchoServer {
-    // Connections dropped with the server give their shared slots back, so
-    // the other loops may use them.
-    fn drop(&mut self) {
-        if let Some(shared) = &self.shared {
-            shared.release_many(self.conns.len());
+    /// Begins an orderly shutdown: stop accepting, close the UDP sockets
+    /// (datagrams have nothing to drain), and keep echoing until each
+    /// client has sent its FIN and had everything back, for up to
+    /// `shutdown_timeout`. Calling it again does nothing.
+    ///
+    /// A connection ends with our orderly FIN only after the client's own
+    /// FIN and the echo of every byte before it. A client that stays open
+    /// (even one that has gone quiet: bytes may still be on their way) is
+    /// reset at the deadline, since only a reset says "cut short" (see
+    /// [`EchoServer::close_all`]). So an idle client holds shutdown until
+    /// `shutdown_timeout`; a host that wants shutdown shorter sets a shorter
+    /// timeout.
+    ///
+    /// Work: closes the listeners and UDP sockets and queues every
+    /// connection for the next [`EchoServer::handle_timeout`],
+    /// O(connections).
+    ///
+    /// ```
+    /// use std::time::Instant;
+    /// let poll = mio::Poll::new()?;
+    /// let mut server = echoloop::EchoServer::new(Default::default(), mio::Token(0))?;
+    /// let addr = server.bind("127.0.0.1:0".parse()?)?;
+    /// server.register(poll.registry())?;
+    /// let now = Instant::now();
+    /// server.begin_shutdown(poll.registry(), now);
+    /// // No connections: finished at once, and the port is closed.
+    /// assert!(server.is_finished());
+    /// assert!(std::net::TcpStream::connect(addr).is_err());
+    /// assert_eq!(server.poll_timeout(now), None);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn begin_shutdown(&mut self, registry: &Registry, now: Instant) {
+        if !self.shutdown.begin(now, self.config.shutdown_timeout) {
+            return;
         }
+        info!(
+            "shutting down: {} to flush, at most {}",
+            plural(self.conns.len(), "connection"),
+            human_duration(self.config.shutdown_timeout)
+        );
+        self.acceptor.close(registry, now);
+        self.udp.close(registry);
+        self.conns.queue_all();
+    }
+
+    /// Ends shutdown now: stops accepting if that has not happened yet, then
+    /// resets every connection still open (SO_LINGER 0, counted in
+    /// `closed_with_reset`): its client did not finish, so it must see an
+    /// error rather than a FIN that would claim everything was echoed. Used
+    /// at the shutdown deadline, and by the binary on a second SIGINT or
+    /// SIGTERM. Afterwards [`EchoServer::is_finished`] is true.
+    ///
+    /// Work: one close per connection, O(connections).
+    ///
+    /// ```
+    /// let poll = mio::Poll::new()?;
+    /// let mut server = echoloop::EchoServer::new(Default::default(), mio::Token(0))?;
+    /// server.bind("127.0.0.1:0".parse()?)?;
+    /// server.register(poll.registry())?;
+    /// server.close_all(poll.registry());
+    /// assert!(server.is_finished());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn close_all(&mut self, registry: &Registry) {
+        self.begin_shutdown(registry, Instant::now());
+        let keys = self.conns.keys();
+        if !keys.is_empty() {
+            info!("resetting {} still open", plural(keys.len(), "connection"));
+        }
+        for key in keys {
+            self.close(registry, key, Reason::Shutdown);
+        }
+    }
+
+    /// True once shutdown has begun and every connection is closed: the host
+    /// may drop the server. UDP sockets never hold it up (shutdown closed
+    /// them at once).
+    pub fn is_finished(&self) -> bool {
+        self.shutdown.has_begun() && self.conns.len() == 0
+    }
+
+    /// The counters so far. Work: O(1).
+    ///
+    /// ```
+    /// let server = echoloop::EchoServer::new(Default::default(), mio::Token(0))?;
+    /// let stats = server.stats();
+    /// assert_eq!((stats.accepted, stats.active, stats.bytes_out), (0, 0, 0));
+    /// println!("{stats}"); // accepted=0 rejected=0 active=0 ...
+    /// # Ok::<(), echoloop::ConfigError>(())
+    /// ```
+    pub fn stats(&self) -> Stats {
+        Stats::gather(
+            self.conns.len(),
+            self.acceptor.counts(),
+            self.conns.counts(),
+            self.udp.counts(),
+        )
+    }
+
+    /// Bytes of pending buffers the server has freed so far (drained
+    /// buffers beyond a pool of 64 kept for reuse).
+    ///
+    /// The server never asks the allocator to return memory to the system:
+    /// that acts on the whole process and is the host's decision. A host
+    /// whose allocator keeps freed blocks (glibc) may call its trim function
+    /// when this has grown by a few MiB since it last did; the `echoloop`
+    /// binary calls `malloc_trim(0)` after every 4 MiB, so memory falls back
+    /// near idle after clients that never read have left. Work: O(1).
+    pub fn freed_buffer_bytes(&self) -> u64 {
+        self.conns.freed_buffer_bytes()
+    }
+
+    /// Closes the connection at `key` and tells the acceptor its slot is
+    /// free: the one way a connection ends.
+    fn close(&mut self, registry: &Registry, key: usize, reason: Reason) {
+        self.conns.close(registry, key, reason);
+        self.acceptor.on_close();
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::drive::Reason;
     use super::*;
     use std::io::Write;
-    use std::net::{SocketAddr, TcpStream as StdStream};
+    use std::net::TcpStream as StdStream;
 
-    // Shared with the tests of the other rooms.
-    pub(super) fn server_with_listener(
-        poll: &mio::Poll,
-        config: Config,
-    ) -> (EchoServer, SocketAddr) {
-        let mut server = EchoServer::new(config, Token(100));
+    fn server_with_listener(poll: &mio::Poll, config: Config) -> (EchoServer, SocketAddr) {
+        let mut server = EchoServer::new(config, Token(100)).unwrap();
         let addr = server.bind("127.0.0.1:0".parse().unwrap()).unwrap();
         server.register(poll.registry()).unwrap();
         (server, addr)
     }
 
-    // Accepts one pending connection by handling a listener event.
-    pub(super) fn accept_one(server: &mut EchoServer, poll: &mio::Poll) -> (usize, Token) {
+    // Accepts one pending connection by routing a listener event.
+    fn accept_one(server: &mut EchoServer, poll: &mio::Poll) -> Token {
         let before = server.stats().accepted;
+        let (listener, now) = (server.tokens.listener(0), Instant::now());
         for _ in 0..1000 {
-            let listener = server.tokens.listener(0);
+            let stamp = server.idle.stamp(now);
             server
-                .handle_token(poll.registry(), listener, Hints::default(), Instant::now())
+                .route(poll.registry(), listener, Hints::default(), now, stamp)
                 .unwrap();
             if server.stats().accepted > before {
-                break;
+                let key = *server.conns.keys().last().unwrap();
+                let generation = (0..=u16::MAX)
+                    .find(|g| server.conns.last_active(key, *g).is_some())
+                    .unwrap();
+                return server.tokens.connection(key, generation);
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        let (key, conn) = server.conns.iter().last().expect("accepted a connection");
-        (key, server.tokens.connection(key, conn.generation))
+        panic!("nothing accepted");
+    }
+
+    fn route(server: &mut EchoServer, poll: &mio::Poll, token: Token) {
+        let now = Instant::now();
+        let stamp = server.idle.stamp(now);
+        server
+            .route(poll.registry(), token, Hints::default(), now, stamp)
+            .unwrap();
     }
 
     #[test]
-    fn stale_token_of_a_reused_slot_is_ignored() {
+    fn a_stale_token_of_a_reused_slot_is_ignored() {
         let poll = mio::Poll::new().unwrap();
         let (mut server, addr) = server_with_listener(&poll, Config::default());
         let _a = StdStream::connect(addr).unwrap();
-        let (key_a, token_a) = accept_one(&mut server, &poll);
+        let token_a = accept_one(&mut server, &poll);
         // A closes (as if its error was handled earlier in this batch)...
+        let key_a = server.conns.keys()[0];
         server.close(poll.registry(), key_a, Reason::Error);
         // ...and B, accepted in the same batch, gets the same slab key.
         let mut b = StdStream::connect(addr).unwrap();
-        let (key_b, token_b) = accept_one(&mut server, &poll);
-        assert_eq!(key_a, key_b, "slab reuses the freed key");
+        let token_b = accept_one(&mut server, &poll);
+        assert_eq!(server.conns.keys(), vec![key_a], "slab reuses the key");
         assert_ne!(token_a, token_b, "but the token differs");
         b.write_all(b"for b only").unwrap();
         std::thread::sleep(Duration::from_millis(50));
         // The event queued for A arrives now: it must not touch B.
-        server
-            .handle_token(poll.registry(), token_a, Hints::default(), Instant::now())
-            .unwrap();
+        route(&mut server, &poll, token_a);
         assert_eq!(server.stats().bytes_in, 0, "stale event drove the newcomer");
         assert_eq!(server.stats().active, 1);
         // B's own event echoes B's bytes.
-        server
-            .handle_token(poll.registry(), token_b, Hints::default(), Instant::now())
-            .unwrap();
+        route(&mut server, &poll, token_b);
         assert_eq!(server.stats().bytes_in, 10);
     }
 
-    // The pause is counted off the common path (`update_interest`), which
-    // every pausing drive must reach: the counter still sees each pause.
     #[test]
-    fn issue_10_backpressure_pause_is_counted() {
+    fn a_backpressure_pause_is_counted() {
         let poll = mio::Poll::new().unwrap();
         let config = Config {
             max_pending: 4096,
@@ -436,18 +670,15 @@ mod tests {
         client.connect(&addr.into()).unwrap();
         let mut client: StdStream = client.into();
         client.set_nonblocking(true).unwrap();
-        let (key, token) = accept_one(&mut server, &poll);
+        let token = accept_one(&mut server, &poll);
         let chunk = [7u8; 16 * 1024];
         let started = Instant::now();
         while server.stats().backpressure_pauses == 0 {
             assert!(started.elapsed() < Duration::from_secs(10), "never paused");
             let _ = client.write(&chunk);
-            server
-                .handle_token(poll.registry(), token, Hints::default(), Instant::now())
-                .unwrap();
+            route(&mut server, &poll, token);
         }
         assert_eq!(server.stats().backpressure_pauses, 1);
-        assert!(server.conns[key].is_paused());
     }
 
     #[test]
@@ -456,22 +687,80 @@ mod tests {
         let (mut server, _) = server_with_listener(&poll, Config::default());
         assert!(!server.owns(Token(99)));
         assert!(server.owns(Token(100)));
-        server
-            .handle_token(poll.registry(), Token(5), Hints::default(), Instant::now())
-            .unwrap();
+        route(&mut server, &poll, Token(5));
         assert_eq!(server.stats(), Stats::default());
     }
 
     #[test]
-    fn slab_entry_is_small() {
-        let entry = std::mem::size_of::<Connection<TcpStream>>();
-        println!(
-            "connection {entry} bytes, stream {}, slab entry {}",
-            std::mem::size_of::<TcpStream>(),
-            std::mem::size_of::<Slab<Connection<TcpStream>>>()
-        );
-        // mio adds a selector id to each socket in debug builds only.
-        let limit = if cfg!(debug_assertions) { 32 } else { 24 };
-        assert!(entry <= limit, "connection grew to {entry} bytes");
+    fn events_under_the_udp_token_of_any_base_are_served() {
+        let poll = mio::Poll::new().unwrap();
+        let mut server = EchoServer::new(Config::default(), Token(5000)).unwrap();
+        let socket = UdpSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = server.adopt_udp(socket).unwrap();
+        server.register(poll.registry()).unwrap();
+        let token = server.tokens.udp(0);
+        assert!(server.owns(token) && token != server.tokens.listener(0));
+        let c = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.send_to(b"via token", addr).unwrap();
+        while server.stats().udp_datagrams_out == 0 {
+            route(&mut server, &poll, token);
+        }
+        let mut got = [0u8; 16];
+        let (n, from) = c.recv_from(&mut got).unwrap();
+        assert_eq!((&got[..n], from), (&b"via token"[..], addr));
+    }
+
+    #[test]
+    fn shutdown_closes_udp_sockets_and_does_not_wait_for_them() {
+        let poll = mio::Poll::new().unwrap();
+        let mut server = EchoServer::new(Config::default(), Token(0)).unwrap();
+        server.bind_udp("127.0.0.1:0".parse().unwrap()).unwrap();
+        server.register(poll.registry()).unwrap();
+        server.begin_shutdown(poll.registry(), Instant::now());
+        assert!(server.is_finished());
+        assert!(server.bind_udp("127.0.0.1:0".parse().unwrap()).is_err());
+        assert!(server.bind("127.0.0.1:0".parse().unwrap()).is_err());
+    }
+
+    #[test]
+    fn shared_limits_are_touched_at_admit_and_close_only() {
+        let poll = mio::Poll::new().unwrap();
+        let config = Config::default();
+        let limits = SharedLimits::new(&config);
+        let mut server = EchoServer::with_shared_limits(config, Token(100), &limits).unwrap();
+        let addr = server.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        server.register(poll.registry()).unwrap();
+        let mut clients = Vec::new();
+        let mut tokens = Vec::new();
+        for _ in 0..4 {
+            clients.push(StdStream::connect(addr).unwrap());
+            tokens.push(accept_one(&mut server, &poll));
+        }
+        let before = limits.operations();
+        for round in 0..250u64 {
+            for (client, token) in clients.iter_mut().zip(&tokens) {
+                client.write_all(&round.to_le_bytes()).unwrap();
+                let echoed = server.stats().bytes_out + 8;
+                while server.stats().bytes_out < echoed {
+                    route(&mut server, &poll, *token);
+                }
+            }
+        }
+        assert_eq!(limits.operations(), before, "touched per message");
+        assert_eq!(server.stats().bytes_out, 4 * 250 * 8);
+        for key in server.conns.keys() {
+            server.close(poll.registry(), key, Reason::Peer);
+        }
+        assert_eq!(limits.operations(), before + 4, "one release per close");
+        assert_eq!(limits.active(), 0);
+    }
+
+    #[test]
+    fn a_bad_base_token_is_an_error_not_a_panic() {
+        let err = EchoServer::new(Config::default(), Token(usize::MAX - 10))
+            .err()
+            .expect("refused");
+        assert_eq!(err.field(), "base");
     }
 }

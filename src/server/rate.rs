@@ -19,7 +19,7 @@
 //!   SipHash), so an attacker cannot pick addresses that collide with a
 //!   victim's (to starve it) without seeing our replies.
 //! * Several loops (`--threads`) share one table through
-//!   [`SharedLimit`](super::SharedLimit), and each bucket is one atomic word
+//!   [`SharedLimits`](super::SharedLimits), and each bucket is one atomic word
 //!   updated with compare-and-swap: a source whose datagrams the kernel
 //!   spreads over several loops (by source port) still gets `rate` in all.
 
@@ -40,7 +40,7 @@ const _: () = assert!(SOURCES.is_power_of_two());
 /// milliseconds last 34 years.
 const TOKEN_BITS: u32 = 24;
 const TOKEN_MASK: u64 = (1 << TOKEN_BITS) - 1;
-const _: () = assert!(crate::config::MAX_UDP_RATE_LIMIT as u64 <= TOKEN_MASK);
+const _: () = assert!(crate::Config::MAX_UDP_RATE_LIMIT as u64 <= TOKEN_MASK);
 
 /// The table of buckets, shared by every loop that serves UDP.
 #[derive(Debug)]

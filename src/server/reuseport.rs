@@ -47,7 +47,7 @@ pub const MAX_GROUP: usize = 1024;
 
 /// True where the kernel spreads connections over a `SO_REUSEPORT` group
 /// (Linux); elsewhere [`listener_group`] refuses more than one socket.
-pub const REUSEPORT_BALANCES: bool = cfg!(any(target_os = "linux", target_os = "android"));
+pub(super) const REUSEPORT_BALANCES: bool = cfg!(any(target_os = "linux", target_os = "android"));
 
 /// Binds `n` non-blocking listeners to `addr` that share one port with
 /// `SO_REUSEPORT`, one for each loop of a multi-loop host: the kernel hands
@@ -68,13 +68,13 @@ pub const REUSEPORT_BALANCES: bool = cfg!(any(target_os = "linux", target_os = "
 ///
 /// ```
 /// # #[cfg(target_os = "linux")] {
-/// let group = echoloop::server::listener_group("127.0.0.1:0".parse().unwrap(), 2)?;
+/// let group = echoloop::listener_group("127.0.0.1:0".parse().unwrap(), 2)?;
 /// let port = group[0].local_addr()?.port();
 /// assert_eq!(group[1].local_addr()?.port(), port);
 /// // The port is taken now: a plain bind fails, and so does another group.
 /// let addr = group[0].local_addr()?;
 /// assert!(std::net::TcpListener::bind(addr).is_err());
-/// assert!(echoloop::server::listener_group(addr, 2).is_err());
+/// assert!(echoloop::listener_group(addr, 2).is_err());
 /// # }
 /// # Ok::<(), std::io::Error>(())
 /// ```
@@ -118,11 +118,11 @@ pub fn listener_group(addr: SocketAddr, n: usize) -> io::Result<Vec<TcpListener>
 ///
 /// ```
 /// # #[cfg(target_os = "linux")] {
-/// let group = echoloop::server::udp_group("127.0.0.1:0".parse().unwrap(), 2)?;
+/// let group = echoloop::udp_group("127.0.0.1:0".parse().unwrap(), 2)?;
 /// let addr = group[0].local_addr()?;
 /// assert_eq!(group[1].local_addr()?, addr);
 /// assert!(std::net::UdpSocket::bind(addr).is_err());
-/// assert!(echoloop::server::udp_group(addr, 2).is_err());
+/// assert!(echoloop::udp_group(addr, 2).is_err());
 /// # }
 /// # Ok::<(), std::io::Error>(())
 /// ```

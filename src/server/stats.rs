@@ -1,18 +1,20 @@
-//! The counters: [`Stats`], what [`EchoServer::stats`] returns and the
-//! binary logs as its `stats:` line. `count` adds up one drive's progress;
-//! the other counters are bumped where their event happens (accept, close,
-//! back-off), next to the code that decides it. `+=` sums the counters of
-//! several loops.
+//! The counters: [`Stats`], what `EchoServer::stats` returns and the binary
+//! logs as its `stats:` line. Each part of the server keeps the counters of
+//! what it decides (the acceptor its [`AcceptCounts`], the connections their
+//! [`EchoCounts`], the UDP endpoint its [`UdpCounts`]), and `stats` gathers
+//! them into one [`Stats`]. `+=` sums the counters of several loops.
 
 use std::fmt;
 use std::ops::{Add, AddAssign};
 use std::time::Duration;
 
-use super::EchoServer;
-use crate::connection::Progress;
-
-/// Counters of what the server did, from [`EchoServer::stats`].
+/// Counters of what the server did, from
+/// [`EchoServer::stats`](crate::EchoServer::stats).
+///
+/// More counters may come: read the fields you need, and build one with
+/// `Stats::default()` (then `+=` to sum several).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Stats {
     /// Connections accepted and served.
     pub accepted: u64,
@@ -65,7 +67,7 @@ pub struct Stats {
     pub udp_dropped: u64,
     /// UDP datagrams not answered because of their source port (0, a
     /// reflecting service, or one of ours; see
-    /// [`refused_source_port`](crate::server::refused_source_port)).
+    /// the UDP section of the crate docs).
     pub udp_refused: u64,
     /// UDP datagrams larger than the receive buffer: counted, never echoed.
     pub udp_truncated: u64,
@@ -125,11 +127,13 @@ impl fmt::Display for Stats {
 ///
 /// ```
 /// use echoloop::Stats;
-/// let a = Stats { accepted: 3, active: 1, ..Stats::default() };
-/// let b = Stats { accepted: 2, active: 2, ..Stats::default() };
+/// let mut a = Stats::default();
+/// a.accepted = 3;
+/// let mut b = Stats::default();
+/// b.accepted = 2;
 /// let mut total = a;
 /// total += b;
-/// assert_eq!((total.accepted, total.active), (5, 3));
+/// assert_eq!(total.accepted, 5);
 /// assert_eq!(total, a + b);
 /// ```
 impl AddAssign for Stats {
@@ -202,29 +206,81 @@ impl Add for Stats {
     }
 }
 
-impl EchoServer {
-    /// The counters so far. Work: O(1).
-    ///
-    /// ```
-    /// let server = echoloop::EchoServer::new(Default::default(), mio::Token(0));
-    /// let stats = server.stats();
-    /// assert_eq!((stats.accepted, stats.active, stats.bytes_out), (0, 0, 0));
-    /// println!("{stats}"); // accepted=0 rejected=0 active=0 ...
-    /// ```
-    pub fn stats(&self) -> Stats {
-        Stats {
-            active: self.conns.len() as u64,
-            ..self.stats
-        }
-    }
+/// What the acceptor counts.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct AcceptCounts {
+    pub(super) accepted: u64,
+    pub(super) rejected: u64,
+    pub(super) accept_backoffs: u64,
+    pub(super) backed_off: Duration,
+    pub(super) accept_yields: u64,
+    pub(super) accept_errors: u64,
+}
+
+/// What the connections count: bytes, pauses, yields and closes.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct EchoCounts {
+    pub(super) closed_by_peer: u64,
+    pub(super) closed_by_error: u64,
+    pub(super) closed_by_idle: u64,
+    pub(super) closed_by_shutdown: u64,
+    pub(super) closed_with_reset: u64,
+    pub(super) bytes_in: u64,
+    pub(super) bytes_out: u64,
+    pub(super) backpressure_pauses: u64,
+    pub(super) budget_yields: u64,
+}
+
+/// What the UDP endpoint counts.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct UdpCounts {
+    pub(super) datagrams_in: u64,
+    pub(super) datagrams_out: u64,
+    pub(super) bytes_in: u64,
+    pub(super) bytes_out: u64,
+    pub(super) dropped: u64,
+    pub(super) refused: u64,
+    pub(super) truncated: u64,
+    pub(super) rate_limited: u64,
+    pub(super) errors: u64,
+    pub(super) yields: u64,
 }
 
 impl Stats {
-    /// Adds up one drive's bytes. Its pause, if it made one, is counted in
-    /// `EchoServer::update_interest`: a paused connection always gets
-    /// there, so the common path does not test for it.
-    pub(super) fn count(&mut self, progress: &Progress) {
-        self.bytes_in += progress.bytes_in as u64;
-        self.bytes_out += progress.bytes_out as u64;
+    /// The parts' counters as one `Stats`, with `active` connections open.
+    pub(super) fn gather(
+        active: usize,
+        accept: AcceptCounts,
+        echo: EchoCounts,
+        udp: UdpCounts,
+    ) -> Stats {
+        Stats {
+            accepted: accept.accepted,
+            rejected: accept.rejected,
+            active: active as u64,
+            closed_by_peer: echo.closed_by_peer,
+            closed_by_error: echo.closed_by_error,
+            closed_by_idle: echo.closed_by_idle,
+            closed_by_shutdown: echo.closed_by_shutdown,
+            closed_with_reset: echo.closed_with_reset,
+            bytes_in: echo.bytes_in,
+            bytes_out: echo.bytes_out,
+            backpressure_pauses: echo.backpressure_pauses,
+            accept_backoffs: accept.accept_backoffs,
+            backed_off: accept.backed_off,
+            budget_yields: echo.budget_yields,
+            accept_yields: accept.accept_yields,
+            accept_errors: accept.accept_errors,
+            udp_datagrams_in: udp.datagrams_in,
+            udp_datagrams_out: udp.datagrams_out,
+            udp_bytes_in: udp.bytes_in,
+            udp_bytes_out: udp.bytes_out,
+            udp_dropped: udp.dropped,
+            udp_refused: udp.refused,
+            udp_truncated: udp.truncated,
+            udp_rate_limited: udp.rate_limited,
+            udp_errors: udp.errors,
+            udp_yields: udp.yields,
+        }
     }
 }

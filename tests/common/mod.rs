@@ -368,7 +368,7 @@ pub fn embedded_server(
     poll: &mio::Poll,
     config: echoloop::Config,
 ) -> (echoloop::EchoServer, SocketAddr) {
-    let mut server = echoloop::EchoServer::new(config, mio::Token(0));
+    let mut server = echoloop::EchoServer::new(config, mio::Token(0)).unwrap();
     let addr = server.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     server.register(poll.registry()).unwrap();
     (server, addr)

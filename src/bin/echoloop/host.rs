@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 use log::{info, warn};
 use mio::{Events, Poll, Registry, Token};
 
-use echoloop::server::{listener_group, udp_group};
-use echoloop::{Config, EchoServer, Stats};
+use echoloop::{listener_group, udp_group, Config, EchoServer, Stats};
 
 use crate::options::Args;
 use crate::signals::{Command, Signals};
+use crate::sys;
 
 /// The host's own token; the echo server's tokens start right after it.
 const SIGNALS: Token = Token(0);
@@ -36,7 +36,7 @@ pub fn run(
 
     // Bind every address before printing any line: a script waiting for
     // `listening on` must never be told about a server that then exits.
-    let mut server = EchoServer::new(config.clone(), SERVER_BASE);
+    let mut server = EchoServer::new(config.clone(), SERVER_BASE).map_err(|e| e.to_string())?;
     bind_all(&mut [&mut server], args)?;
     server
         .register(poll.registry())
@@ -46,11 +46,13 @@ pub fn run(
 
     let mut events = Events::with_capacity(1024);
     let mut stats_timer = StatsTimer::new(args.stats_interval, Instant::now());
+    let mut trimmed_at = 0;
     loop {
         let now = turn(
             &mut poll,
             &mut events,
             &mut server,
+            &mut trimmed_at,
             stats_timer.due_in(Instant::now()),
             |server, registry, token, now| {
                 if token != SIGNALS {
@@ -105,7 +107,9 @@ pub fn bind_all(servers: &mut [&mut EchoServer], args: &Args) -> Result<(), Stri
 
 /// One turn of a loop: sleep in `poll` no longer than the server allows (or
 /// `also`), hand the server the events it owns and `own` the host's, then
-/// let the server do its timed work. Returns the time the turn ran at.
+/// let the server do its timed work, and give freed memory back to the
+/// system when enough has been freed (`trimmed_at`: the server's
+/// `freed_buffer_bytes` at the last trim). Returns the time the turn ran at.
 ///
 /// # Errors
 /// `poll` failed, or a listener did (a connection's failure stays inside).
@@ -113,6 +117,7 @@ pub fn turn(
     poll: &mut Poll,
     events: &mut Events,
     server: &mut EchoServer,
+    trimmed_at: &mut u64,
     also: Option<Duration>,
     mut own: impl FnMut(&mut EchoServer, &Registry, Token, Instant),
 ) -> Result<Instant, String> {
@@ -141,6 +146,11 @@ pub fn turn(
     server
         .handle_timeout(poll.registry(), now)
         .map_err(|e| format!("listener failed: {e}"))?;
+    let freed = server.freed_buffer_bytes();
+    if freed - *trimmed_at >= sys::TRIM_AFTER {
+        *trimmed_at = freed;
+        sys::return_free_memory();
+    }
     Ok(now)
 }
 

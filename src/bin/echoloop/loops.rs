@@ -36,8 +36,7 @@ use std::time::Instant;
 use log::{debug, info, warn};
 use mio::{Events, Poll, Registry, Token, Waker};
 
-use echoloop::server::SharedLimit;
-use echoloop::{Config, EchoServer, Stats};
+use echoloop::{Config, EchoServer, SharedLimits, Stats};
 
 use crate::host::{self, StatsTimer, SERVER_BASE};
 use crate::options::Args;
@@ -105,7 +104,7 @@ pub fn run(
 
     // Every loop is built and every listener bound before a line is
     // printed or a thread started: any failure leaves nothing behind.
-    let limit = SharedLimit::new(config.max_connections);
+    let limits = SharedLimits::new(&config);
     let mut built = Vec::with_capacity(threads);
     let mut handles = Vec::with_capacity(threads);
     for index in 0..threads {
@@ -116,7 +115,8 @@ pub fn run(
         built.push(Loop {
             index,
             poll: loop_poll,
-            server: EchoServer::with_shared_limit(config.clone(), SERVER_BASE, limit.clone()),
+            server: EchoServer::with_shared_limits(config.clone(), SERVER_BASE, &limits)
+                .map_err(|e| e.to_string())?,
             commands,
             notes: notes_tx.clone(),
             notify: notify.clone(),
@@ -287,6 +287,7 @@ fn serve_or_report(lp: Loop) {
 /// signals were. Ends when its server has finished.
 fn serve(mut lp: Loop) {
     let mut events = Events::with_capacity(1024);
+    let mut trimmed_at = 0;
     let mut failed = false;
     let note = |lp: &Loop, note: Note| {
         if lp.notes.send(note).is_ok() {
@@ -300,6 +301,7 @@ fn serve(mut lp: Loop) {
             &mut lp.poll,
             &mut events,
             &mut lp.server,
+            &mut trimmed_at,
             None,
             |server: &mut EchoServer, registry: &Registry, token, now| {
                 if token != WAKE {

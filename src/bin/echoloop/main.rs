@@ -12,22 +12,30 @@
 //!   supervisor on the main thread that handles signals and counters for
 //!   all of them.
 //! * `options.rs`: the command line and its parsers.
+//! * `signals.rs`: SIGINT, SIGTERM and SIGUSR1, counted one by one.
+//! * `sys.rs`: the process-wide OS calls the library leaves to its host
+//!   (the open-files limit, giving freed memory back).
+#![deny(unsafe_code)]
 
 mod host;
 mod loops;
 mod options;
 mod signals;
+#[allow(unsafe_code)]
+mod sys;
+#[path = "../../text.rs"]
+mod text;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use log::{info, warn};
 
-use echoloop::config::{self, human_duration, MAX_UDP_RATE_LIMIT};
 use echoloop::Config;
 
 use options::Args;
 use signals::Signals;
+use text::{human_duration, plural};
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -48,8 +56,8 @@ fn run(args: Args) -> Result<(), String> {
     let signals = Signals::new().map_err(|e| format!("cannot set up signals: {e}"))?;
     let (threads, how) = args.threads.resolve();
 
-    let soft_limit = config::open_files_limit();
-    let open_files = config::raise_open_files_limit();
+    let soft_limit = sys::open_files_limit();
+    let open_files = sys::raise_open_files_limit();
     if open_files != soft_limit {
         info!(
             "raised the open-files limit from {} to {}",
@@ -64,7 +72,10 @@ fn run(args: Args) -> Result<(), String> {
         1 => 0,
         n => (n - 1) * (2 + args.listen.len() + args.udp.len()) + 2,
     };
-    let reachable = config::connections_for(open_files).saturating_sub(extra_descriptors);
+    // The library's default reads the limit just raised.
+    let reachable = Config::default()
+        .max_connections
+        .saturating_sub(extra_descriptors);
     if let Some(wanted) = args.max_connections.filter(|&n| n > reachable) {
         warn!(
             "--max-connections {wanted} cannot be reached: the open-files limit of {} leaves \
@@ -73,22 +84,21 @@ fn run(args: Args) -> Result<(), String> {
             describe_limit(open_files)
         );
     }
-    let config = Config {
-        max_connections: args.max_connections.unwrap_or(reachable).max(1),
-        max_pending: args.max_pending,
-        budget: args.budget,
-        read_buffer: args.read_buffer,
-        accepts_per_turn: args.accepts_per_turn,
-        idle_timeout: args.idle_timeout,
-        shutdown_timeout: args.shutdown_timeout,
-        udp_rate_limit: args
-            .udp_rate_limit
-            .map(|n| u32::try_from(n).unwrap_or(MAX_UDP_RATE_LIMIT)),
-    };
-    config.validate()?;
+    let mut config = Config::default();
+    config.max_connections = args.max_connections.unwrap_or(reachable).max(1);
+    config.max_pending = args.max_pending;
+    config.budget = args.budget;
+    config.read_buffer = args.read_buffer;
+    config.accepts_per_turn = args.accepts_per_turn;
+    config.idle_timeout = args.idle_timeout;
+    config.shutdown_timeout = args.shutdown_timeout;
+    config.udp_rate_limit = args
+        .udp_rate_limit
+        .map(|n| u32::try_from(n).unwrap_or(Config::MAX_UDP_RATE_LIMIT));
+    config.validate().map_err(|e| e.to_string())?;
     // Stated whenever there is more than one loop or `auto` chose the count.
     let loops = (threads > 1 || args.threads == options::Threads::Auto)
-        .then(|| format!("{} ({how}), ", config::plural(threads, "loop")));
+        .then(|| format!("{} ({how}), ", plural(threads, "loop")));
     let started = |config: &Config| {
         info!(
             "echoloop {}: {}max connections {} (open-files limit {}), max pending {} bytes, \

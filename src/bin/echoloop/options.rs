@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use echoloop::config::{
-    plural, DEFAULT_ACCEPTS_PER_TURN, DEFAULT_BUDGET, DEFAULT_MAX_PENDING, DEFAULT_READ_BUFFER,
-    MAX_ACCEPTS_PER_TURN, MAX_BUDGET, MAX_IDLE_TIMEOUT, MAX_MAX_PENDING, MAX_READ_BUFFER,
-    MAX_SHUTDOWN_TIMEOUT, MAX_UDP_RATE_LIMIT,
-};
-use echoloop::server::{MAX_GROUP, REUSEPORT_BALANCES};
-use echoloop::token::MAX_CONNECTIONS;
+use echoloop::{Config, MAX_GROUP};
+
+use crate::text::plural;
+
+/// Where the kernel spreads a `SO_REUSEPORT` group's connections over its
+/// sockets, so that more than one loop is worth running.
+const REUSEPORT_BALANCES: bool = cfg!(any(target_os = "linux", target_os = "android"));
 
 /// A TCP echo server (RFC 862) on single-threaded mio readiness loops.
 ///
@@ -63,34 +63,34 @@ pub struct Args {
     /// loops; datagrams beyond it are not answered and are counted
     /// (udp_rate_limited). 1 to 10,000,000. [default: off]
     #[arg(long, value_name = "N", allow_negative_numbers = true,
-          value_parser = count_up_to(MAX_UDP_RATE_LIMIT as usize))]
+          value_parser = count_up_to(Config::MAX_UDP_RATE_LIMIT as usize))]
     pub udp_rate_limit: Option<usize>,
 
     /// Most connections served at once (1 to 16,777,200); one more is
     /// accepted and closed at once. [default: the open-files limit minus 64,
     /// or half of it when the limit is under 128]
     #[arg(long, value_name = "N", allow_negative_numbers = true,
-          value_parser = count_up_to(MAX_CONNECTIONS))]
+          value_parser = count_up_to(Config::MAX_CONNECTIONS))]
     pub max_connections: Option<usize>,
 
     /// Pending bytes per connection at which reading pauses until the client
     /// reads (backpressure); reading resumes below half of it. Accepts K/M/G
     /// suffixes (KiB, MiB, GiB); at most 1G.
-    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_PENDING,
-          allow_negative_numbers = true, value_parser = bytes_up_to(MAX_MAX_PENDING))]
+    #[arg(long, value_name = "BYTES", default_value_t = Config::DEFAULT_MAX_PENDING,
+          allow_negative_numbers = true, value_parser = bytes_up_to(Config::MAX_MAX_PENDING))]
     pub max_pending: usize,
 
     /// Seconds that shutdown may spend echoing before it resets the
     /// connections still open: clients that have not sent FIN, or never
     /// read their echo. 0 resets them at once. Fractions allowed; 0 to 86400.
     #[arg(long, value_name = "SECS", default_value = "5", allow_negative_numbers = true,
-          value_parser = secs_up_to(MAX_SHUTDOWN_TIMEOUT, true))]
+          value_parser = secs_up_to(Config::MAX_SHUTDOWN_TIMEOUT, true))]
     pub shutdown_timeout: Duration,
 
     /// Close connections with no traffic in either direction for this many
     /// seconds (more than 0, at most 604800 = 7 days). [default: off]
     #[arg(long, value_name = "SECS", allow_negative_numbers = true,
-          value_parser = secs_up_to(MAX_IDLE_TIMEOUT, false))]
+          value_parser = secs_up_to(Config::MAX_IDLE_TIMEOUT, false))]
     pub idle_timeout: Option<Duration>,
 
     /// Log the counters every this many seconds (more than 0, at most 86400).
@@ -101,20 +101,20 @@ pub struct Args {
 
     /// Connections accepted per listener per loop turn, so established
     /// connections keep being served during an accept storm (1 to 1,000,000).
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_ACCEPTS_PER_TURN,
-          allow_negative_numbers = true, value_parser = count_up_to(MAX_ACCEPTS_PER_TURN))]
+    #[arg(long, value_name = "N", default_value_t = Config::DEFAULT_ACCEPTS_PER_TURN,
+          allow_negative_numbers = true, value_parser = count_up_to(Config::MAX_ACCEPTS_PER_TURN))]
     pub accepts_per_turn: usize,
 
     /// Size of the one read buffer all connections share. Accepts K/M/G
     /// suffixes; at most 64M.
-    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_READ_BUFFER,
-          allow_negative_numbers = true, value_parser = bytes_up_to(MAX_READ_BUFFER))]
+    #[arg(long, value_name = "BYTES", default_value_t = Config::DEFAULT_READ_BUFFER,
+          allow_negative_numbers = true, value_parser = bytes_up_to(Config::MAX_READ_BUFFER))]
     pub read_buffer: usize,
 
     /// Bytes one connection may read per loop turn before the others are
     /// served (fairness). Accepts K/M/G suffixes; at most 1G.
-    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_BUDGET,
-          allow_negative_numbers = true, value_parser = bytes_up_to(MAX_BUDGET))]
+    #[arg(long, value_name = "BYTES", default_value_t = Config::DEFAULT_BUDGET,
+          allow_negative_numbers = true, value_parser = bytes_up_to(Config::MAX_BUDGET))]
     pub budget: usize,
 
     /// Readiness loops (threads) to run, each with its own listening socket

@@ -53,14 +53,7 @@ impl Signals {
         let stops = Arc::new(AtomicUsize::new(0));
         let stats = Arc::new(AtomicUsize::new(0));
         for (signal, count) in [(SIGINT, &stops), (SIGTERM, &stops), (SIGUSR1, &stats)] {
-            let count = count.clone();
-            // SAFETY: the action only adds to an atomic, which is
-            // async-signal-safe: no allocation, no lock, no I/O.
-            unsafe {
-                signal_hook::low_level::register(signal, move || {
-                    count.fetch_add(1, Ordering::SeqCst);
-                })?;
-            }
+            crate::sys::count_signal(signal, count.clone())?;
         }
         // Registered after the counters, so they run first.
         let wake = signal_hook_mio::v1_0::Signals::new([SIGINT, SIGTERM, SIGUSR1])?;
