@@ -39,6 +39,7 @@ pub struct Limits {
 
 /// What one [`Connection::drive`] call did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Progress {
     /// Bytes read from the peer.
     pub bytes_in: usize,
@@ -46,8 +47,6 @@ pub struct Progress {
     pub bytes_out: usize,
     /// The read budget ran out while the peer may have more: drive again soon.
     pub more: bool,
-    /// The read side has nothing more for now (it would block, or is closed).
-    pub drained: bool,
     /// This call started a backpressure pause.
     pub paused: bool,
 }
@@ -213,7 +212,7 @@ impl<S: Stream> Connection<S> {
     // Inlined into the loop's event handler: the common path (one read, one
     // write, nothing kept) is small, and the rare ones (`flush`, `keep`,
     // `write_rest`) stay out of line (benches/instructions.sh).
-    #[inline]
+    #[inline(always)]
     pub fn drive(&mut self, scratch: &mut Scratch, limits: &Limits) -> io::Result<Progress> {
         let mut progress = Progress::default();
         // Bytes left over from an earlier call go first. If some are still
@@ -237,7 +236,6 @@ impl<S: Stream> Connection<S> {
             if self.read_closed() {
                 // The peer sent everything: once every byte is echoed, our
                 // FIN says so (a read of 0 comes back here).
-                progress.drained = true;
                 if self.pending.is_none() {
                     self.shutdown_write()?;
                 }
@@ -275,7 +273,6 @@ impl<S: Stream> Connection<S> {
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     // Past any urgent mark: short reads prove "empty" again.
                     self.flags &= !READ_TO_END;
-                    progress.drained = true;
                     break;
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -298,7 +295,6 @@ impl<S: Stream> Connection<S> {
                 }
             }
             if short_read_drains && n < want {
-                progress.drained = true;
                 break;
             }
         }
@@ -426,7 +422,6 @@ mod tests {
         let p = conn.drive(&mut scratch, &LIMITS).unwrap();
         assert_eq!(conn.stream.output, b"hello");
         assert_eq!((p.bytes_in, p.bytes_out), (5, 5));
-        assert!(p.drained);
         assert_eq!(conn.pending_len(), 0);
         assert_eq!(conn.wants(), Wants::READ);
     }
