@@ -65,9 +65,6 @@ use route::Hints;
 use shutdown::Shutdown;
 use udp::Udp;
 
-#[cfg(doc)]
-use udp::{MAX_UDP_SOCKETS, UDP_DATAGRAMS_PER_TURN};
-
 /// A TCP echo server that runs inside a host's `mio::Poll`, and a UDP one
 /// for each socket given to [`EchoServer::bind_udp`] or
 /// [`EchoServer::adopt_udp`].
@@ -250,7 +247,7 @@ impl EchoServer {
     ///
     /// # Errors
     /// The bind's error (address in use, not available), or `InvalidInput`
-    /// past [`MAX_UDP_SOCKETS`] (16) sockets or after shutdown began.
+    /// past 16 sockets or after shutdown began.
     ///
     /// ```
     /// let mut server = echoloop::EchoServer::new(Default::default(), mio::Token(0))?;
@@ -270,7 +267,7 @@ impl EchoServer {
     /// KiB) with the first socket. Call [`EchoServer::register`] afterwards.
     ///
     /// Each datagram goes back to its sender as one datagram, byte for byte,
-    /// at most [`UDP_DATAGRAMS_PER_TURN`] (64) per socket per turn; a reply
+    /// at most 64 per socket per turn; a reply
     /// the socket will not take is dropped and counted, never queued;
     /// datagrams from source port 0, from our own ports, or from the ports
     /// of services that answer or amplify (echo, chargen, DNS, NTP, SSDP,
@@ -326,7 +323,7 @@ impl EchoServer {
     ///
     /// A listener event accepts up to `accepts_per_turn` connections; a
     /// connection event echoes up to `budget` bytes on that connection; a
-    /// UDP socket's event echoes up to [`UDP_DATAGRAMS_PER_TURN`]
+    /// UDP socket's event echoes up to 64
     /// datagrams. Events are hints: a stale one (for a connection already
     /// closed, even if its slab slot was reused since) is ignored at the
     /// cost of one compare.

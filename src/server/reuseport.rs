@@ -64,7 +64,7 @@ pub(super) const REUSEPORT_BALANCES: bool = cfg!(any(target_os = "linux", target
 /// # Errors
 /// The bind's error; `InvalidInput` if `n` is 0 or above [`MAX_GROUP`];
 /// `Unsupported` for `n > 1` where the kernel does not balance
-/// ([`REUSEPORT_BALANCES`]).
+/// (anything but Linux).
 ///
 /// ```
 /// # #[cfg(target_os = "linux")] {
