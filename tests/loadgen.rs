@@ -5,7 +5,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::Duration;
 
@@ -287,4 +287,70 @@ fn the_report_says_which_close_was_used() {
         "0",
     ]);
     assert!(text.contains("closed with fin"), "{text}");
+}
+
+/// Runs the load generator's binary under the shell's `ulimit` commands;
+/// returns its exit code, stdout and stderr.
+fn loadgen_under_ulimit(ulimit: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{ulimit} && exec \"$0\" \"$@\""))
+        .arg(loadgen_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output_within()
+        .expect("run the load generator");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let code = out.status.code().expect("exit code");
+    (code, text(&out.stdout), text(&out.stderr))
+}
+
+#[test]
+fn raises_its_open_files_soft_limit_to_the_hard_limit() {
+    let server = Server::start(&[]);
+    let addr = server.addr().to_string();
+    // 200 connections under a soft limit of 64 (the hard limit is left).
+    let hold = [
+        "hold",
+        "--addr",
+        &addr,
+        "-c",
+        "200",
+        "--idle",
+        "0",
+        "--duration",
+        "0.1",
+    ];
+    let (code, stdout, stderr) = loadgen_under_ulimit("ulimit -S -n 64", &hold);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert_eq!(held_line(&stdout), Some(200), "{stdout}");
+}
+
+#[test]
+fn running_out_of_descriptors_says_so_with_a_ulimit_hint() {
+    let server = Server::start(&[]);
+    let addr = server.addr().to_string();
+    let hold = [
+        "hold",
+        "--addr",
+        &addr,
+        "-c",
+        "200",
+        "--idle",
+        "0",
+        "--duration",
+        "0.1",
+    ];
+    // Soft and hard limit 64: nothing to raise.
+    let (code, stdout, stderr) = loadgen_under_ulimit("ulimit -n 64", &hold);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(stderr.contains("out of file descriptors"), "{stderr}");
+    assert!(stderr.contains("ulimit -n"), "{stderr}");
+}
+
+/// The count on the `held N ...` line the load generator prints in `hold`
+/// mode.
+fn held_line(stdout: &str) -> Option<u64> {
+    let line = stdout.lines().find(|l| l.starts_with("held "))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }

@@ -15,6 +15,7 @@
 mod close;
 mod once;
 mod report;
+mod sys;
 mod threads;
 pub mod tokio_peer;
 pub mod udp;
@@ -232,6 +233,13 @@ pub fn main_with_args<I: IntoIterator<Item = String>>(args: I) -> i32 {
             return if err.use_stderr() { 2 } else { 0 };
         }
     };
+    // Every mode but `once` may open thousands of sockets (the tokio peers
+    // accept them), so each starts with the limit the server gives itself.
+    if !matches!(cli.mode, ModeArgs::Once { .. }) {
+        if let Err(e) = sys::raise_open_files_limit() {
+            eprintln!("loadgen: warning: could not raise the open-files limit: {e}");
+        }
+    }
     let (json, result) = match cli.mode {
         ModeArgs::Once { addr, message } => return once::once(addr, message),
         ModeArgs::TokioEcho { listen, threads } => {
@@ -1001,34 +1009,25 @@ fn open_one(
     next_offset: &mut u64,
 ) -> io::Result<()> {
     use socket2::{Domain, Protocol, Socket, Type};
+    let open = clients.len();
     let socket = Socket::new(
         Domain::for_address(plan.addr),
         Type::STREAM,
         Some(Protocol::TCP),
-    )?;
+    )
+    .map_err(|e| sys::explain(e, open))?;
     socket.set_nonblocking(true)?;
     socket.set_nodelay(true)?;
     if plan.addr.is_ipv4() && plan.addr.ip().is_loopback() && plan.sources > 1 {
-        // Pick the source address but let connect() pick the port, so each
-        // source has the whole ephemeral range per destination.
-        let one: libc::c_int = 1;
-        // SAFETY: setsockopt reads `one` for the given length only.
-        unsafe {
-            libc::setsockopt(
-                std::os::fd::AsRawFd::as_raw_fd(&socket),
-                libc::IPPROTO_IP,
-                libc::IP_BIND_ADDRESS_NO_PORT,
-                &one as *const _ as *const libc::c_void,
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
+        // Pick the source address but let connect() pick the port.
+        sys::bind_address_no_port(&socket);
         let source = Ipv4Addr::new(127, 0, 0, 1 + (i % plan.sources as usize) as u8);
         socket.bind(&SocketAddr::new(IpAddr::V4(source), 0).into())?;
     }
     match socket.connect(&plan.addr.into()) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-        Err(e) => return Err(e),
+        Err(e) => return Err(sys::explain(e, open)),
     }
     let mut stream = TcpStream::from_std(socket.into());
     let entry = clients.vacant_entry();

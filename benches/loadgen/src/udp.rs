@@ -108,7 +108,8 @@ pub fn run(plan: &UdpPlan) -> io::Result<Report> {
     let mut events = Events::with_capacity(1024);
     let mut peers = Vec::with_capacity(plan.sockets);
     for i in 0..plan.sockets {
-        let mut socket = UdpSocket::bind(source_for(plan, i))?;
+        let mut socket =
+            UdpSocket::bind(source_for(plan, i)).map_err(|e| crate::sys::explain(e, i))?;
         poll.registry()
             .register(&mut socket, Token(i), Interest::READABLE)?;
         peers.push(Peer {
