@@ -14,6 +14,7 @@
 
 mod close;
 mod once;
+mod progress;
 mod report;
 mod sys;
 mod threads;
@@ -21,8 +22,9 @@ pub mod tokio_peer;
 pub mod udp;
 
 use std::collections::VecDeque;
-use std::io::{self, ErrorKind, IsTerminal, Read, Write};
+use std::io::{self, ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
@@ -32,6 +34,7 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 pub use close::Close;
+use progress::{Label, Meter, Phase, Progress};
 pub use report::Report;
 
 /// Command line of the load generator.
@@ -270,10 +273,18 @@ pub fn main_with_args<I: IntoIterator<Item = String>>(args: I) -> i32 {
                 eprintln!("loadgen: udp: --threads does not apply (udp mode runs on one thread)");
                 return 2;
             }
-            (
+            let mut plan = udp::UdpPlan::new(&common, conns, size, timeout);
+            let progress = Progress::start(
+                Label {
+                    mode: "udp",
+                    unit: "msgs/s",
+                    conns: 0,
+                    traffic: plan.warmup + plan.duration,
+                },
                 common.json,
-                udp::run(&udp::UdpPlan::new(&common, conns, size, timeout)),
-            )
+            );
+            plan.meter = progress.meter();
+            (common.json, udp::run(&plan))
         }
         ModeArgs::Pingpong {
             common,
@@ -282,7 +293,7 @@ pub fn main_with_args<I: IntoIterator<Item = String>>(args: I) -> i32 {
             depth,
         } => {
             let plan = Plan::new(Kind::PingPong, &common, conns, size, depth.max(1));
-            (common.json, threads::run(plan))
+            (common.json, run_with_progress(plan, common.json))
         }
         ModeArgs::Stream {
             common,
@@ -290,7 +301,10 @@ pub fn main_with_args<I: IntoIterator<Item = String>>(args: I) -> i32 {
             size,
         } => (
             common.json,
-            threads::run(Plan::new(Kind::Stream, &common, conns, size, 1)),
+            run_with_progress(
+                Plan::new(Kind::Stream, &common, conns, size, 1),
+                common.json,
+            ),
         ),
         ModeArgs::Churn {
             common,
@@ -298,7 +312,10 @@ pub fn main_with_args<I: IntoIterator<Item = String>>(args: I) -> i32 {
             size,
         } => (
             common.json,
-            threads::run(Plan::new(Kind::Churn, &common, parallel, size, 1)),
+            run_with_progress(
+                Plan::new(Kind::Churn, &common, parallel, size, 1),
+                common.json,
+            ),
         ),
         ModeArgs::Hold {
             common,
@@ -310,7 +327,7 @@ pub fn main_with_args<I: IntoIterator<Item = String>>(args: I) -> i32 {
             let mut plan = Plan::new(Kind::Hold, &common, conns, size, 1);
             plan.active = active.min(conns);
             plan.idle = Duration::from_secs_f64(idle.max(0.0));
-            (common.json, threads::run(plan))
+            (common.json, run_with_progress(plan, common.json))
         }
     };
     match result {
@@ -327,6 +344,24 @@ pub fn main_with_args<I: IntoIterator<Item = String>>(args: I) -> i32 {
             1
         }
     }
+}
+
+/// Runs a TCP plan with a progress bar (on a terminal, without `--json`).
+fn run_with_progress(mut plan: Plan, json: bool) -> io::Result<Report> {
+    let progress = Progress::start(
+        Label {
+            mode: plan.kind.name(),
+            unit: match plan.kind {
+                Kind::Churn => "conns/s",
+                _ => "msgs/s",
+            },
+            conns: plan.conns as u64,
+            traffic: plan.warmup + plan.duration,
+        },
+        json,
+    );
+    plan.meter = progress.meter();
+    threads::run(plan)
 }
 
 /// A datagram size, 0 to the IPv6 maximum.
@@ -365,6 +400,18 @@ enum Kind {
     Hold,
 }
 
+impl Kind {
+    /// The mode's name on the command line and in reports.
+    fn name(self) -> &'static str {
+        match self {
+            Kind::PingPong => "pingpong",
+            Kind::Stream => "stream",
+            Kind::Churn => "churn",
+            Kind::Hold => "hold",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Plan {
     kind: Kind,
@@ -382,6 +429,8 @@ struct Plan {
     // Threads to split the connections over, and which share this is.
     threads: usize,
     part: usize,
+    // What the progress bar shows, summed over the shares.
+    meter: Arc<Meter>,
 }
 
 impl Plan {
@@ -401,6 +450,7 @@ impl Plan {
             close: c.close,
             threads: usize::from(c.threads),
             part: 0,
+            meter: Arc::default(),
         }
     }
 }
@@ -517,11 +567,6 @@ fn run_part(plan: Plan, gate: Option<&threads::Gate>) -> io::Result<(Report, His
     let mut opens = 0usize;
 
     // Phase 1: open the connections, a bounded number of connects at a time.
-    let bar = progress_bar(
-        plan.conns as u64,
-        plan.conns >= 1000 && plan.part == 0,
-        "connecting",
-    );
     let open_deadline = Instant::now() + Duration::from_secs(120);
     while connected < plan.conns {
         while opened < plan.conns && opened - connected < plan.max_connecting {
@@ -548,6 +593,7 @@ fn run_part(plan: Plan, gate: Option<&threads::Gate>) -> io::Result<(Report, His
                 Some(Ok(())) => {
                     client.connected = true;
                     connected += 1;
+                    plan.meter.add_connected(1);
                 }
                 None => {}
                 Some(Err(e)) => {
@@ -564,12 +610,6 @@ fn run_part(plan: Plan, gate: Option<&threads::Gate>) -> io::Result<(Report, His
                 }
             }
         }
-        if let Some(bar) = &bar {
-            bar.set_position(connected as u64);
-        }
-    }
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
     }
     let held = clients.len();
     let held_all = match gate {
@@ -577,6 +617,7 @@ fn run_part(plan: Plan, gate: Option<&threads::Gate>) -> io::Result<(Report, His
         None => held,
     };
     if plan.kind == Kind::Hold && plan.part == 0 {
+        plan.meter.set_phase(Phase::Idle);
         println!("held {held_all}");
         let _ = io::stdout().flush();
         let idle_until = Instant::now() + plan.idle;
@@ -640,13 +681,8 @@ fn run_part(plan: Plan, gate: Option<&threads::Gate>) -> io::Result<(Report, His
     let mut measuring = false;
     let mut running = true;
     let drain_deadline = measure_until + Duration::from_secs(10);
-    let total_ms = (plan.warmup + plan.duration).as_millis() as u64;
-    let bar = progress_bar(
-        total_ms,
-        plan.duration >= Duration::from_secs(5) && plan.part == 0,
-        "running",
-    );
-    let traffic_started = Instant::now();
+    plan.meter.set_phase(Phase::Traffic);
+    let mut shown = 0; // messages already added to the meter
     loop {
         let now = Instant::now();
         if !measuring && now >= measure_from {
@@ -657,9 +693,7 @@ fn run_part(plan: Plan, gate: Option<&threads::Gate>) -> io::Result<(Report, His
         }
         if running && now >= measure_until {
             running = false;
-            if let Some(bar) = &bar {
-                bar.finish_and_clear();
-            }
+            plan.meter.set_phase(Phase::Closing);
             // Stop issuing; let what is in flight come back and be verified.
             for (_, c) in clients.iter_mut() {
                 if plan.kind == Kind::Stream {
@@ -764,9 +798,8 @@ fn run_part(plan: Plan, gate: Option<&threads::Gate>) -> io::Result<(Report, His
                 }
             }
         }
-        if let (Some(bar), true) = (&bar, running) {
-            bar.set_position(now.saturating_duration_since(traffic_started).as_millis() as u64);
-        }
+        plan.meter.add_done(stats.total_msgs - shown);
+        shown = stats.total_msgs;
     }
     close::all(
         &mut poll,
@@ -778,7 +811,7 @@ fn run_part(plan: Plan, gate: Option<&threads::Gate>) -> io::Result<(Report, His
         &mut stats,
     )?;
     let mut report = Report {
-        mode: format!("{:?}", plan.kind).to_lowercase(),
+        mode: plan.kind.name().to_string(),
         conns: plan.conns,
         active,
         size: plan.size,
@@ -804,16 +837,6 @@ fn run_part(plan: Plan, gate: Option<&threads::Gate>) -> io::Result<(Report, His
     };
     report.set_latency(&stats.hist);
     Ok((report, stats.hist))
-}
-
-/// A progress bar on stderr, only on a terminal and only for long phases.
-fn progress_bar(len: u64, long: bool, what: &'static str) -> Option<indicatif::ProgressBar> {
-    if !io::stderr().is_terminal() || !long {
-        return None;
-    }
-    let bar = indicatif::ProgressBar::new(len);
-    bar.set_message(what);
-    Some(bar)
 }
 
 fn issue_initial(client: &mut Client, plan: &Plan, now: Instant) {

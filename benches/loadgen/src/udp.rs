@@ -17,6 +17,7 @@
 
 use std::io::{self, ErrorKind};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -24,6 +25,7 @@ use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token};
 
 use super::{Common, PatternTable, Report};
+use crate::progress::{Meter, Phase};
 
 /// Late echoes recognised per socket: its last this many lost datagrams.
 const LATE_WINDOW: usize = 8;
@@ -41,6 +43,7 @@ pub struct UdpPlan {
     pub warmup: Duration,
     pub duration: Duration,
     pub sources: u8,
+    pub(crate) meter: Arc<Meter>,
 }
 
 impl UdpPlan {
@@ -53,6 +56,7 @@ impl UdpPlan {
             warmup: Duration::from_secs_f64(c.warmup.max(0.0)),
             duration: Duration::from_secs_f64(c.duration.max(0.01)),
             sources: c.sources.max(1),
+            meter: Arc::default(),
         }
     }
 }
@@ -133,15 +137,18 @@ pub fn run(plan: &UdpPlan) -> io::Result<Report> {
         send(p, plan, &table, now, now >= measure_from, &mut c);
     }
     let mut next_sweep = now;
+    plan.meter.set_phase(Phase::Traffic);
     while now < measure_to {
         let tick = plan.timeout.min(Duration::from_millis(10));
         poll.poll(&mut events, Some(tick))?;
         now = Instant::now();
         let measuring = now >= measure_from && now < measure_to;
+        let before = c.total_echoed;
         for event in events.iter() {
             let p = &mut peers[event.token().0];
             receive(p, plan, &table, &mut buf, now, measuring, &mut hist, &mut c);
         }
+        plan.meter.add_done(c.total_echoed - before);
         if now >= next_sweep {
             next_sweep = now + tick;
             for p in peers.iter_mut().filter(|p| !p.failed) {
