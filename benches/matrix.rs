@@ -529,7 +529,9 @@ fn run_load(server: &Server, cell: &Cell, duration: f64, perf: bool, rss_empty: 
     // within seconds, so FIN closes would leave the load generator's side
     // of each in TIME_WAIT and run out of ports. Every cell closes the same
     // way, so the figures stay comparable with each other and earlier runs.
-    args.extend(["--close".into(), "reset".into()]);
+    if !cell.udp {
+        args.extend(["--close".into(), "reset".into()]);
+    }
     if cell.threads > 1 {
         args.extend(["--threads".into(), cell.threads.to_string()]);
     }

@@ -354,3 +354,81 @@ fn held_line(stdout: &str) -> Option<u64> {
     let line = stdout.lines().find(|l| l.starts_with("held "))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
+
+#[test]
+fn each_mode_lists_only_the_options_that_apply_to_it() {
+    let tcp = ["--close", "--threads", "--max-connecting"];
+    for (mode, has, lacks) in [
+        (
+            "pingpong",
+            &["--depth", "--conns"][..],
+            &["--parallel", "--timeout"][..],
+        ),
+        ("stream", &["--conns", "--size"], &["--depth", "--parallel"]),
+        ("churn", &["--parallel", "--size"], &["--conns", "--depth"]),
+        ("hold", &["--active", "--idle"], &["--depth", "--parallel"]),
+        ("udp", &["--timeout", "--sources"], &tcp),
+        ("once", &["--addr"], &["--duration", "--json", "--close"]),
+    ] {
+        let (code, help) = loadgen_process(&[mode, "--help"]);
+        assert_eq!(code, 0, "{mode}: {help}");
+        for option in has {
+            assert!(
+                help.contains(option),
+                "{mode} --help lacks {option}:\n{help}"
+            );
+        }
+        for option in lacks {
+            assert!(
+                !help.contains(option),
+                "{mode} --help lists {option}:\n{help}"
+            );
+        }
+        if mode != "udp" && mode != "once" {
+            for option in tcp {
+                assert!(help.contains(option), "{mode} --help lacks {option}");
+            }
+        }
+    }
+    // An option of another mode is a usage error.
+    assert_eq!(loadgen(&["udp", "--threads", "2"]), 2);
+    assert_eq!(loadgen(&["churn", "--depth", "2"]), 2);
+}
+
+#[test]
+fn churn_reports_connections_per_second() {
+    let server = Server::start(&[]);
+    let addr = server.addr().to_string();
+    let churn = [
+        "churn",
+        "--addr",
+        &addr,
+        "-p",
+        "4",
+        "--duration",
+        "0.3",
+        "--warmup",
+        "0",
+    ];
+    let (code, text) = loadgen_process(&churn);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains(" conns/s, "), "{text}");
+    let (code, line) = loadgen_json(&churn);
+    assert_eq!(code, 0, "{line}");
+    // Each connection is one complete cycle: the same count, per second.
+    assert!(line.contains("\"conns_per_sec\":"), "{line}");
+    assert_eq!(
+        json_float(&line, "conns_per_sec"),
+        json_float(&line, "msgs_per_sec"),
+        "{line}"
+    );
+}
+
+/// The number after `"name":` in the load generator's JSON line, which
+/// may be a fraction.
+fn json_float(json: &str, name: &str) -> f64 {
+    let value: serde_json::Value = serde_json::from_str(json).expect("a JSON line");
+    value[name]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{name} is not a number in {json}"))
+}

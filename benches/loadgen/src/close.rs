@@ -17,7 +17,8 @@ use slab::Slab;
 use crate::{connect_outcome, Client, PatternTable, Stats};
 
 /// How connections end: at the end of a run, and after each churn cycle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Close {
     /// Shut down sending, read to the server's EOF, close: the server sees
     /// an orderly close.

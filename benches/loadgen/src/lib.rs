@@ -12,14 +12,15 @@
 //! `tokio-echo` and `tokio-udp-echo` run the tokio peer servers instead. Connections
 //! end as `--close` says: an orderly FIN by default, or a reset.
 
+mod cli;
 mod close;
 mod once;
 mod progress;
 mod report;
 mod sys;
 mod threads;
-pub mod tokio_peer;
-pub mod udp;
+mod tokio_peer;
+mod udp;
 
 use std::collections::VecDeque;
 use std::io::{self, ErrorKind, Read, Write};
@@ -27,7 +28,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
+
+use cli::{Cli, Connections, ModeArgs, Target, Timing};
 use hdrhistogram::Histogram;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
@@ -36,194 +39,6 @@ use slab::Slab;
 pub use close::Close;
 use progress::{Label, Meter, Phase, Progress};
 pub use report::Report;
-
-/// Command line of the load generator.
-#[derive(Debug, Parser)]
-#[command(
-    name = "loadgen",
-    version,
-    about = "Verifying load generator for TCP echo servers, and the tokio peer server",
-    long_about = "Verifying load generator for TCP echo servers, and the tokio peer server.\n\n\
-        Every load mode checks every echoed byte, prints a report (or one JSON \
-        line with --json) and exits 0 on a clean run, 1 on errors or mismatches, \
-        2 on a usage error. Connections end with an orderly FIN by default \
-        (--close fin); the report says which close was used."
-)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub mode: ModeArgs,
-}
-
-/// Options shared by every load mode.
-#[derive(Debug, Clone, clap::Args)]
-pub struct Common {
-    /// Echo server address, as IP:PORT.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7007", value_parser = parse_addr)]
-    pub addr: SocketAddr,
-    /// Seconds to measure (after the warm-up).
-    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
-    pub duration: f64,
-    /// Seconds of traffic before measuring starts.
-    #[arg(long, value_name = "SECS", default_value_t = 0.5)]
-    pub warmup: f64,
-    /// Spread connections over this many source addresses 127.0.0.1, .2, ...
-    /// (each has its own ephemeral ports). Ignored for IPv6 targets.
-    #[arg(long, value_name = "N", default_value_t = 4)]
-    pub sources: u8,
-    /// Most connects in progress at once while opening connections.
-    #[arg(long, value_name = "N", default_value_t = 256)]
-    pub max_connecting: usize,
-    /// How connections end: at the end of the run and after each churn cycle.
-    ///
-    /// `fin` waits up to 5 s for the server's EOF, then resets; the report
-    /// counts closes that ended in a reset or timed out as unclean. `fin`
-    /// leaves this side of each connection in TIME_WAIT for a minute;
-    /// `reset` leaves nothing, for many back-to-back runs.
-    #[arg(long, value_enum, value_name = "HOW", default_value_t = Close::Fin)]
-    pub close: Close,
-    /// Print the result as one JSON line instead of a table.
-    #[arg(long)]
-    pub json: bool,
-    /// Threads, each with its own mio loop and its share of the
-    /// connections (1 to 256); results are merged and every byte is still
-    /// verified. Use it to drive a multi-loop server without becoming the
-    /// bottleneck.
-    #[arg(long, value_name = "N", default_value_t = 1,
-          value_parser = clap::value_parser!(u16).range(1..=256))]
-    pub threads: u16,
-}
-
-/// The subcommands: five load modes and the tokio peer server.
-#[derive(Debug, Subcommand)]
-pub enum ModeArgs {
-    /// N connections each keep D messages of S bytes in flight.
-    ///
-    /// Latency is the time from sending a message to receiving its last
-    /// echoed byte.
-    Pingpong {
-        #[command(flatten)]
-        common: Common,
-        /// Connections.
-        #[arg(long, short = 'c', default_value_t = 100)]
-        conns: usize,
-        /// Message size in bytes.
-        #[arg(long, short = 's', default_value_t = 64)]
-        size: usize,
-        /// Messages in flight per connection (pipeline depth).
-        #[arg(long, short = 'd', default_value_t = 1)]
-        depth: usize,
-    },
-    /// N connections send and receive continuously in S-byte writes.
-    ///
-    /// Each connection keeps at least 1 MiB in flight. Latency is sampled
-    /// one write per connection at a time: from the write to the echo of
-    /// its last byte, so it includes the wait behind what is in flight.
-    Stream {
-        #[command(flatten)]
-        common: Common,
-        /// Connections.
-        #[arg(long, short = 'c', default_value_t = 10)]
-        conns: usize,
-        /// Bytes per write.
-        #[arg(long, short = 's', default_value_t = 65536)]
-        size: usize,
-    },
-    /// P clients each connect, echo S bytes, close, and repeat.
-    ///
-    /// Connections close as --close says. Latency is from the start of the
-    /// connect to the last echoed byte.
-    Churn {
-        #[command(flatten)]
-        common: Common,
-        /// Clients working in parallel.
-        #[arg(long, short = 'p', default_value_t = 50)]
-        parallel: usize,
-        /// Bytes echoed per connection.
-        #[arg(long, short = 's', default_value_t = 64)]
-        size: usize,
-    },
-    /// Open N connections and keep them; then K of them do ping-pong.
-    ///
-    /// Prints `held N` once all are open, stays idle for --idle seconds,
-    /// then K connections do ping-pong for --duration. The report shows N as
-    /// `conns` and K as `active`.
-    Hold {
-        #[command(flatten)]
-        common: Common,
-        /// Connections to open and hold.
-        #[arg(long, short = 'c', default_value_t = 10_000)]
-        conns: usize,
-        /// Connections that do ping-pong once all are open.
-        #[arg(long, short = 'k', default_value_t = 0)]
-        active: usize,
-        /// Seconds to stay idle once all are open.
-        #[arg(long, value_name = "SECS", default_value_t = 1.0)]
-        idle: f64,
-        /// Message size in bytes for the active connections.
-        #[arg(long, short = 's', default_value_t = 64)]
-        size: usize,
-    },
-    /// Send one message, print the reply, exit 1 if it differs.
-    ///
-    /// The message is the argument, or standard input. The printed reply is
-    /// followed by a newline unless it already ends with one; the comparison
-    /// is of the bytes exactly as sent and received. The connection ends
-    /// with a FIN once the message is sent.
-    Once {
-        /// Echo server address, as IP:PORT.
-        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7007", value_parser = parse_addr)]
-        addr: SocketAddr,
-        /// The message; standard input when absent.
-        message: Option<String>,
-    },
-    /// N UDP sockets ping-pong S-byte datagrams, one in flight each.
-    ///
-    /// Every echoed byte is checked (each socket sends its own sequence of
-    /// patterns, so a corrupted, truncated or misdelivered datagram is a
-    /// mismatch). A datagram not echoed within --timeout is counted lost
-    /// and the socket sends the next one (no retransmission). Reports sent,
-    /// echoed, lost, msgs/s and latency; exits 1 on mismatches, socket
-    /// errors or if nothing was echoed. --close and --max-connecting do not
-    /// apply.
-    Udp {
-        #[command(flatten)]
-        common: Common,
-        /// UDP sockets.
-        #[arg(long, short = 'c', default_value_t = 100)]
-        conns: usize,
-        /// Datagram size in bytes (0 to 65527; 65507 over IPv4).
-        #[arg(long, short = 's', default_value_t = 64, value_parser = parse_datagram_size)]
-        size: usize,
-        /// Milliseconds to wait for an echo before counting it lost.
-        #[arg(long, value_name = "MS", default_value_t = 1000)]
-        timeout: u64,
-    },
-    /// Run the tokio peer UDP echo server (what echoloop --udp is compared with).
-    ///
-    /// A tokio current_thread loop on one UdpSocket: receive a datagram,
-    /// send it back. Prints `listening on udp IP:PORT` once bound.
-    TokioUdpEcho {
-        /// Address to bind, as IP:PORT. Port 0 picks a free port.
-        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7008", value_parser = parse_addr)]
-        listen: SocketAddr,
-    },
-    /// Run the tokio peer echo server (what echoloop is compared with).
-    ///
-    /// A tokio current_thread echo server, one task per connection; with
-    /// --threads N above 1, tokio's multi_thread runtime with N workers (the
-    /// peer of `echoloop --threads N`). Prints `listening on IP:PORT` on
-    /// stdout once bound and serves until killed.
-    TokioEcho {
-        /// Address to listen on, as IP:PORT. Port 0 picks a free port.
-        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7008", value_parser = parse_addr)]
-        listen: SocketAddr,
-        /// Worker threads: 1 is the current_thread runtime, more the
-        /// multi_thread runtime with that many workers (up to 256).
-        #[arg(long, value_name = "N", default_value_t = 1,
-              value_parser = clap::value_parser!(u16).range(1..=256))]
-        threads: u16,
-    },
-}
 
 /// Runs the command line `args` (without the program name) and returns the
 /// process exit code: 0 on a clean run, 1 on errors or mismatches, 2 on a
@@ -264,16 +79,13 @@ pub fn main_with_args<I: IntoIterator<Item = String>>(args: I) -> i32 {
             };
         }
         ModeArgs::Udp {
-            common,
+            target,
             conns,
             size,
             timeout,
+            timing,
         } => {
-            if common.threads > 1 {
-                eprintln!("loadgen: udp: --threads does not apply (udp mode runs on one thread)");
-                return 2;
-            }
-            let mut plan = udp::UdpPlan::new(&common, conns, size, timeout);
+            let mut plan = udp::UdpPlan::new(&target, &timing, conns, size, timeout);
             let progress = Progress::start(
                 Label {
                     mode: "udp",
@@ -281,53 +93,62 @@ pub fn main_with_args<I: IntoIterator<Item = String>>(args: I) -> i32 {
                     conns: 0,
                     traffic: plan.warmup + plan.duration,
                 },
-                common.json,
+                timing.json,
             );
             plan.meter = progress.meter();
-            (common.json, udp::run(&plan))
+            (timing.json, udp::run(&plan))
         }
         ModeArgs::Pingpong {
-            common,
+            target,
             conns,
             size,
             depth,
+            timing,
+            connections,
         } => {
-            let plan = Plan::new(Kind::PingPong, &common, conns, size, depth.max(1));
-            (common.json, run_with_progress(plan, common.json))
+            let plan = Plan::new(Kind::PingPong, &target, &timing, &connections).sized(
+                conns,
+                size,
+                depth.max(1),
+            );
+            (timing.json, run_with_progress(plan, timing.json))
         }
         ModeArgs::Stream {
-            common,
+            target,
             conns,
             size,
-        } => (
-            common.json,
-            run_with_progress(
-                Plan::new(Kind::Stream, &common, conns, size, 1),
-                common.json,
-            ),
-        ),
+            timing,
+            connections,
+        } => {
+            let plan =
+                Plan::new(Kind::Stream, &target, &timing, &connections).sized(conns, size, 1);
+            (timing.json, run_with_progress(plan, timing.json))
+        }
         ModeArgs::Churn {
-            common,
+            target,
             parallel,
             size,
-        } => (
-            common.json,
-            run_with_progress(
-                Plan::new(Kind::Churn, &common, parallel, size, 1),
-                common.json,
-            ),
-        ),
+            timing,
+            connections,
+        } => {
+            let plan =
+                Plan::new(Kind::Churn, &target, &timing, &connections).sized(parallel, size, 1);
+            (timing.json, run_with_progress(plan, timing.json))
+        }
         ModeArgs::Hold {
-            common,
+            target,
             conns,
             active,
             idle,
             size,
+            timing,
+            connections,
         } => {
-            let mut plan = Plan::new(Kind::Hold, &common, conns, size, 1);
+            let mut plan =
+                Plan::new(Kind::Hold, &target, &timing, &connections).sized(conns, size, 1);
             plan.active = active.min(conns);
             plan.idle = Duration::from_secs_f64(idle.max(0.0));
-            (common.json, run_with_progress(plan, common.json))
+            (timing.json, run_with_progress(plan, timing.json))
         }
     };
     match result {
@@ -362,34 +183,6 @@ fn run_with_progress(mut plan: Plan, json: bool) -> io::Result<Report> {
     );
     plan.meter = progress.meter();
     threads::run(plan)
-}
-
-/// A datagram size, 0 to the IPv6 maximum.
-fn parse_datagram_size(text: &str) -> Result<usize, String> {
-    match text.parse::<usize>() {
-        Ok(n) if n <= udp::MAX_UDP_PAYLOAD => Ok(n),
-        _ => Err(format!(
-            "'{text}' is not a datagram size: give 0 to {} (65507 over IPv4)",
-            udp::MAX_UDP_PAYLOAD
-        )),
-    }
-}
-
-/// An IP:PORT argument, with a message that says what is wrong.
-fn parse_addr(text: &str) -> Result<SocketAddr, String> {
-    if let Ok(addr) = text.parse() {
-        return Ok(addr);
-    }
-    // "IP:PORT" whose IP parses but whose port does not: say which part.
-    if let Some((ip, port)) = text.rsplit_once(':') {
-        let ip = ip.trim_start_matches('[').trim_end_matches(']');
-        if ip.parse::<IpAddr>().is_ok() && port.parse::<u64>().is_ok() {
-            return Err(format!("port {port} is out of range (0 to 65535)"));
-        }
-    }
-    Err(format!(
-        "'{text}' is not IP:PORT (examples: 127.0.0.1:7007, [::1]:7007)"
-    ))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -434,23 +227,35 @@ struct Plan {
 }
 
 impl Plan {
-    fn new(kind: Kind, c: &Common, conns: usize, size: usize, depth: usize) -> Plan {
+    fn new(kind: Kind, target: &Target, timing: &Timing, connections: &Connections) -> Plan {
         Plan {
             kind,
-            addr: c.addr,
-            conns: conns.max(1),
-            size: size.max(1),
-            depth,
-            active: conns,
+            addr: target.addr,
+            conns: 1,
+            size: 1,
+            depth: 1,
+            active: 1,
             idle: Duration::ZERO,
-            warmup: Duration::from_secs_f64(c.warmup.max(0.0)),
-            duration: Duration::from_secs_f64(c.duration.max(0.01)),
-            sources: c.sources.max(1),
-            max_connecting: c.max_connecting.max(1),
-            close: c.close,
-            threads: usize::from(c.threads),
+            warmup: Duration::from_secs_f64(timing.warmup.max(0.0)),
+            duration: Duration::from_secs_f64(timing.duration.max(0.01)),
+            sources: target.sources.max(1),
+            max_connecting: connections.max_connecting.max(1),
+            close: connections.close,
+            threads: usize::from(connections.threads),
             part: 0,
             meter: Arc::default(),
+        }
+    }
+
+    /// The plan with `conns` connections (all active) of `size`-byte
+    /// messages, `depth` in flight.
+    fn sized(self, conns: usize, size: usize, depth: usize) -> Plan {
+        Plan {
+            conns: conns.max(1),
+            active: conns.max(1),
+            size: size.max(1),
+            depth,
+            ..self
         }
     }
 }

@@ -1,11 +1,13 @@
 //! What a run measured, as a short table or one JSON line.
 
 use hdrhistogram::Histogram;
+use serde::Serialize;
 
 use crate::Close;
 
-/// What a run measured.
-#[derive(Debug, Clone)]
+/// What a run measured. Its JSON line has these fields plus the rates
+/// (`msgs_per_sec`, `mb_per_sec`, and `conns_per_sec` for churn).
+#[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub mode: String,
     /// Connections: per run (pingpong, stream), held (hold) or working in
@@ -67,39 +69,29 @@ impl Report {
         self.bytes as f64 / 1e6 / self.seconds.max(1e-9)
     }
 
+    /// Churn: connections per second, each a complete verified cycle.
+    pub fn conns_per_sec(&self) -> Option<f64> {
+        (self.mode == "churn").then(|| self.msgs_per_sec())
+    }
+
     /// One JSON object on one line.
     pub fn to_json(&self) -> String {
-        format!(
-            "{{\"mode\":\"{}\",\"conns\":{},\"active\":{},\"size\":{},\"depth\":{},\"seconds\":{:.3},\
-             \"msgs\":{},\"bytes\":{},\"msgs_per_sec\":{:.1},\"mb_per_sec\":{:.2},\"p50_us\":{},\
-             \"p99_us\":{},\"p999_us\":{},\"max_us\":{},\"latency_samples\":{},\"errors\":{},\
-             \"mismatches\":{},\"held\":{},\"total_msgs\":{},\"close\":\"{}\",\"unclean_closes\":{},\"sent\":{},\"lost\":{},\"late\":{},\"threads\":{}}}",
-            self.mode,
-            self.conns,
-            self.active,
-            self.size,
-            self.depth,
-            self.seconds,
-            self.msgs,
-            self.bytes,
-            self.msgs_per_sec(),
-            self.mb_per_sec(),
-            self.p50_us,
-            self.p99_us,
-            self.p999_us,
-            self.max_us,
-            self.latency_samples,
-            self.errors,
-            self.mismatches,
-            self.held,
-            self.total_msgs,
-            self.close.name(),
-            self.unclean_closes,
-            self.sent,
-            self.lost,
-            self.late,
-            self.threads
-        )
+        #[derive(Serialize)]
+        struct Line<'a> {
+            #[serde(flatten)]
+            report: &'a Report,
+            msgs_per_sec: f64,
+            mb_per_sec: f64,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            conns_per_sec: Option<f64>,
+        }
+        let line = Line {
+            report: self,
+            msgs_per_sec: self.msgs_per_sec(),
+            mb_per_sec: self.mb_per_sec(),
+            conns_per_sec: self.conns_per_sec(),
+        };
+        serde_json::to_string(&line).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
     }
 
     /// A short human-readable table.
@@ -137,17 +129,24 @@ impl Report {
             1 => shape,
             n => format!("{shape}, {n} threads"),
         };
+        let rate = match self.conns_per_sec() {
+            Some(conns) => format!(
+                "{conns:.0} conns/s, {:.1} MB/s over {:.2} s ({} connections)",
+                self.mb_per_sec(),
+                self.seconds,
+                self.msgs
+            ),
+            None => format!(
+                "{:.0} msgs/s, {:.1} MB/s over {:.2} s ({} msgs)",
+                self.msgs_per_sec(),
+                self.mb_per_sec(),
+                self.seconds,
+                self.msgs
+            ),
+        };
         format!(
-            "mode {} {shape}\n  {:.0} msgs/s, {:.1} MB/s over {:.2} s ({} msgs)\n  {latency}\n  \
-             errors {}, mismatches {}, held {}, {close}",
-            self.mode,
-            self.msgs_per_sec(),
-            self.mb_per_sec(),
-            self.seconds,
-            self.msgs,
-            self.errors,
-            self.mismatches,
-            self.held
+            "mode {} {shape}\n  {rate}\n  {latency}\n  errors {}, mismatches {}, held {}, {close}",
+            self.mode, self.errors, self.mismatches, self.held
         )
     }
 }

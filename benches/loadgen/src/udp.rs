@@ -24,8 +24,9 @@ use hdrhistogram::Histogram;
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token};
 
-use super::{Common, PatternTable, Report};
+use crate::cli::{Target, Timing};
 use crate::progress::{Meter, Phase};
+use crate::{PatternTable, Report};
 
 /// Late echoes recognised per socket: its last this many lost datagrams.
 const LATE_WINDOW: usize = 8;
@@ -47,15 +48,21 @@ pub struct UdpPlan {
 }
 
 impl UdpPlan {
-    pub fn new(c: &Common, sockets: usize, size: usize, timeout_ms: u64) -> UdpPlan {
+    pub(crate) fn new(
+        target: &Target,
+        timing: &Timing,
+        sockets: usize,
+        size: usize,
+        timeout_ms: u64,
+    ) -> UdpPlan {
         UdpPlan {
-            addr: c.addr,
+            addr: target.addr,
             sockets: sockets.max(1),
             size,
             timeout: Duration::from_millis(timeout_ms.max(1)),
-            warmup: Duration::from_secs_f64(c.warmup.max(0.0)),
-            duration: Duration::from_secs_f64(c.duration.max(0.01)),
-            sources: c.sources.max(1),
+            warmup: Duration::from_secs_f64(timing.warmup.max(0.0)),
+            duration: Duration::from_secs_f64(timing.duration.max(0.01)),
+            sources: target.sources.max(1),
             meter: Arc::default(),
         }
     }
@@ -187,7 +194,7 @@ pub fn run(plan: &UdpPlan) -> io::Result<Report> {
         mismatches: c.mismatches,
         held: plan.sockets,
         total_msgs: c.total_echoed,
-        close: super::Close::Reset,
+        close: crate::Close::Reset,
         unclean_closes: 0,
         sent: c.sent,
         lost: c.lost,
