@@ -133,19 +133,33 @@ fn issue_9_tokio_echo_on_port_0_says_where_it_listens_and_echoes() {
     assert_eq!(loadgen(&["once", "--addr", &addr, "tokio"]), 0);
 }
 
+/// Piped, `once` prints exactly the echoed bytes: no newline is added.
 #[test]
-fn issue_9_once_prints_the_reply_and_exactly_one_newline() {
+fn once_prints_exactly_the_echoed_bytes() {
     let server = Server::start(&[]);
     let addr = server.addr().to_string();
-    assert_eq!(
-        loadgen_process(&["once", "--addr", &addr, "hello"]),
-        (0, "hello\n".to_string())
-    );
-    // A reply that ends with a newline gets no second one.
-    assert_eq!(
-        loadgen_process(&["once", "--addr", &addr, "line\n"]),
-        (0, "line\n".to_string())
-    );
+    for message in ["hello", "line\n", "two\nlines"] {
+        assert_eq!(
+            loadgen_process(&["once", "--addr", &addr, message]),
+            (0, message.to_string())
+        );
+    }
+    // From standard input too, bytes that are not text included.
+    let bytes: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
+    let mut child = Command::new(loadgen_bin())
+        .args(["once", "--addr", &addr])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the load generator");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let input = bytes.clone();
+    let writer = thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output().expect("once output");
+    writer.join().expect("writer").expect("write stdin");
+    assert_eq!(out.status.code(), Some(0));
+    assert!(out.stdout == bytes, "{} bytes back", out.stdout.len());
 }
 
 #[test]

@@ -166,10 +166,11 @@ pub(crate) enum ModeArgs {
     },
     /// Send one message, print the reply, exit 1 if it differs.
     ///
-    /// The message is the argument, or standard input. The printed reply is
-    /// followed by a newline unless it already ends with one; the comparison
-    /// is of the bytes exactly as sent and received. The connection ends
-    /// with a FIN once the message is sent.
+    /// The message is the argument, or standard input. Standard output gets
+    /// exactly the bytes echoed (`once ... | wc -c` counts them); only when
+    /// it is a terminal is a newline added after a reply that does not end
+    /// with one. The comparison is of the bytes exactly as sent and
+    /// received. The connection ends with a FIN once the message is sent.
     Once {
         /// Echo server address, as IP:PORT.
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7007", value_parser = parse_addr)]
