@@ -572,7 +572,12 @@ fn run_load(server: &Server, cell: &Cell, duration: f64, perf: bool, rss_empty: 
         .map_while(Result::ok)
     {
         if let Some(n) = line.strip_prefix("held ") {
-            let held: f64 = n.trim().parse().unwrap_or(0.0);
+            // `held N (verified by echo), ...`: N connections echoed a probe.
+            let held: f64 = n
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0.0);
             if cell.hold && held > 0.0 {
                 std::thread::sleep(Duration::from_millis(300));
                 idle_bytes_per_conn = Some((server.rss().saturating_sub(rss_empty)) as f64 / held);

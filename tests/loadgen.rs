@@ -195,7 +195,7 @@ fn issue_9_stream_latency_is_measured_or_not_shown() {
 }
 
 #[test]
-fn issue_9_hold_reports_the_held_connections() {
+fn hold_reports_connections_verified_by_echo() {
     let server = Server::start(&[]);
     let addr = server.addr().to_string();
     let hold = [
@@ -215,13 +215,82 @@ fn issue_9_hold_reports_the_held_connections() {
     ];
     let (code, text) = loadgen_process(&hold);
     assert_eq!(code, 0, "{text}");
-    assert!(text.lines().any(|l| l == "held 300"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l == "held 300 (verified by echo), 0 failed, 0 timed out"),
+        "{text}"
+    );
     assert!(text.contains("mode hold conns 300 active 10"), "{text}");
     let (code, line) = loadgen_json(&hold);
     assert_eq!(code, 0, "{line}");
     assert_eq!(json_number(&line, "conns"), 300);
     assert_eq!(json_number(&line, "held"), 300);
+    assert_eq!(json_number(&line, "probes_failed"), 0);
+    assert_eq!(json_number(&line, "probes_timed_out"), 0);
     assert_eq!(json_number(&line, "active"), 10);
+}
+
+/// An echo server that accepts (and echoes on) its first `accepted`
+/// connections and then accepts no more; later connects still complete in
+/// the kernel's queue. The listener lives as long as the returned value.
+fn server_that_stops_accepting(accepted: usize) -> (TcpListener, SocketAddr) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = listener.try_clone().unwrap();
+    thread::spawn(move || {
+        for stream in acceptor.incoming().take(accepted) {
+            let Ok(mut stream) = stream else { return };
+            thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                loop {
+                    let n = match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    if stream.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (listener, addr)
+}
+
+/// A connection the server never accepted is not held, though its connect
+/// completed: only the probes that came back count.
+#[test]
+fn hold_counts_only_connections_whose_probe_is_echoed() {
+    let (_listener, addr) = server_that_stops_accepting(5);
+    let addr = addr.to_string();
+    let hold = [
+        "hold",
+        "--addr",
+        &addr,
+        "-c",
+        "20",
+        "--idle",
+        "0",
+        "--duration",
+        "0.1",
+        "--probe-timeout",
+        "5",
+        "--close",
+        "reset",
+        "--json",
+    ];
+    let (code, stdout) = loadgen_process(&hold);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l == "held 5 (verified by echo), 0 failed, 15 timed out"),
+        "{stdout}"
+    );
+    let line = json_line(&stdout).unwrap_or_default();
+    assert_eq!(json_number(line, "held"), 5, "{line}");
+    assert_eq!(json_number(line, "probes_timed_out"), 15, "{line}");
+    assert_eq!(json_number(line, "conns"), 20, "{line}");
 }
 
 #[test]

@@ -141,9 +141,15 @@ pub(crate) enum ModeArgs {
     },
     /// Open N connections and keep them; then K of them do ping-pong.
     ///
-    /// Prints `held N` once all are open, stays idle for --idle seconds,
-    /// then K connections do ping-pong for --duration. The report shows N as
-    /// `conns` and K as `active`.
+    /// A connection counts as held only once a probe (one message of -s
+    /// bytes) sent on it has been echoed back, every byte verified: a
+    /// connect can complete in the kernel while the server never accepts
+    /// it. Once every probe is back, failed or --probe-timeout has passed,
+    /// prints `held N (verified by echo), F failed, T timed out`, stays
+    /// idle for --idle seconds, then K held connections do ping-pong for
+    /// --duration. Failed or timed-out probes make the exit status 1. The
+    /// report shows N as `conns`, the verified count as `held` and K as
+    /// `active`.
     Hold {
         #[command(flatten)]
         target: Target,
@@ -156,9 +162,12 @@ pub(crate) enum ModeArgs {
         /// Seconds to stay idle once all are open.
         #[arg(long, value_name = "SECS", default_value_t = 1.0)]
         idle: f64,
-        /// Message size in bytes for the active connections.
+        /// Message size in bytes, for the probes and the active connections.
         #[arg(long, short = 's', default_value_t = 64)]
         size: usize,
+        /// Seconds to wait for the probes' echoes once all are open.
+        #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+        probe_timeout: f64,
         #[command(flatten)]
         timing: Timing,
         #[command(flatten)]

@@ -14,6 +14,7 @@
 
 mod cli;
 mod close;
+mod hold;
 mod once;
 mod progress;
 mod report;
@@ -37,6 +38,7 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 pub use close::Close;
+use hold::Held;
 use progress::{Label, Meter, Phase, Progress};
 pub use report::Report;
 
@@ -141,6 +143,7 @@ pub fn main_with_args<I: IntoIterator<Item = String>>(args: I) -> i32 {
             active,
             idle,
             size,
+            probe_timeout,
             timing,
             connections,
         } => {
@@ -148,6 +151,7 @@ pub fn main_with_args<I: IntoIterator<Item = String>>(args: I) -> i32 {
                 Plan::new(Kind::Hold, &target, &timing, &connections).sized(conns, size, 1);
             plan.active = active.min(conns);
             plan.idle = Duration::from_secs_f64(idle.max(0.0));
+            plan.probe_timeout = Duration::from_secs_f64(probe_timeout.max(0.0));
             (timing.json, run_with_progress(plan, timing.json))
         }
     };
@@ -214,6 +218,8 @@ struct Plan {
     depth: usize,
     active: usize,
     idle: Duration,
+    // `hold`: how long to wait for the probes' echoes.
+    probe_timeout: Duration,
     warmup: Duration,
     duration: Duration,
     sources: u8,
@@ -236,6 +242,7 @@ impl Plan {
             depth: 1,
             active: 1,
             idle: Duration::ZERO,
+            probe_timeout: Duration::ZERO,
             warmup: Duration::from_secs_f64(timing.warmup.max(0.0)),
             duration: Duration::from_secs_f64(timing.duration.max(0.01)),
             sources: target.sources.max(1),
@@ -319,6 +326,8 @@ struct Client {
     mark: Option<(u64, Instant)>,
     // Counted as an error or mismatch: closed with a reset.
     failed: bool,
+    // `hold`: the probe came back, every byte verified.
+    verified: bool,
     // Sent our FIN (`--close fin`); waiting for the server's EOF.
     closing: bool,
 }
@@ -416,31 +425,36 @@ fn run_part(plan: Plan, gate: Option<&threads::Gate>) -> io::Result<(Report, His
             }
         }
     }
-    let held = clients.len();
+    let held = if plan.kind == Kind::Hold {
+        let held = hold::probe(
+            &mut poll,
+            &mut events,
+            &mut clients,
+            &table,
+            &mut buf,
+            &plan,
+            &mut stats,
+        )?;
+        stats.errors += held.timed_out as u64;
+        plan.meter.add_held(held.verified as u64);
+        held
+    } else {
+        Held {
+            verified: clients.len(),
+            ..Held::default()
+        }
+    };
     let held_all = match gate {
         Some(gate) => gate.arrive(held)?,
         None => held,
     };
-    if plan.kind == Kind::Hold && plan.part == 0 {
-        plan.meter.set_phase(Phase::Idle);
-        println!("held {held_all}");
-        let _ = io::stdout().flush();
-        let idle_until = Instant::now() + plan.idle;
-        while Instant::now() < idle_until {
-            poll.poll(
-                &mut events,
-                Some(idle_until.saturating_duration_since(Instant::now())),
-            )?;
-            for event in events.iter() {
-                // An idle connection should hear nothing: EOF is an error.
-                if event.is_read_closed() || event.is_error() {
-                    stats.errors += 1;
-                    if let Some(client) = clients.get_mut(event.token().0) {
-                        client.fail();
-                    }
-                }
-            }
+    if plan.kind == Kind::Hold {
+        if plan.part == 0 {
+            plan.meter.set_phase(Phase::Idle);
+            println!("{}", held_all.line());
+            let _ = io::stdout().flush();
         }
+        hold::idle(&mut poll, &mut events, &mut clients, plan.idle, &mut stats)?;
     }
 
     // Phase 2: traffic. Each active client gets its first goal.
@@ -450,7 +464,10 @@ fn run_part(plan: Plan, gate: Option<&threads::Gate>) -> io::Result<(Report, His
     } else {
         clients.len()
     };
-    for (_, client) in clients.iter_mut().take(active) {
+    let held_now = clients
+        .iter_mut()
+        .filter(|(_, c)| c.verified || plan.kind != Kind::Hold);
+    for (_, client) in held_now.take(active) {
         client.active = true;
         client.started = now;
         issue_initial(client, &plan, now);
@@ -631,7 +648,9 @@ fn run_part(plan: Plan, gate: Option<&threads::Gate>) -> io::Result<(Report, His
         latency_samples: 0,
         errors: stats.errors,
         mismatches: stats.mismatches,
-        held,
+        held: held.verified,
+        probes_failed: held.failed,
+        probes_timed_out: held.timed_out,
         total_msgs: stats.total_msgs,
         close: plan.close,
         unclean_closes: stats.unclean_closes,
@@ -879,6 +898,7 @@ fn open_one(
         active: false,
         mark: None,
         failed: false,
+        verified: false,
         closing: false,
     });
     Ok(())

@@ -32,6 +32,8 @@ pub(crate) struct Meter {
     phase: AtomicU8,
     /// Connections open (in `hold`: verified by echo).
     connected: AtomicU64,
+    /// `hold`: connections verified by echo.
+    held: AtomicU64,
     /// Messages echoed (churn: connections completed) since traffic began.
     done: AtomicU64,
     stop: AtomicBool,
@@ -55,6 +57,10 @@ impl Meter {
 
     pub(crate) fn add_connected(&self, n: u64) {
         self.connected.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_held(&self, n: u64) {
+        self.held.fetch_add(n, Ordering::Relaxed);
     }
 
     pub(crate) fn add_done(&self, n: u64) {
@@ -137,7 +143,8 @@ fn tick(meter: &Meter, label: &Label) {
             }
             Phase::Idle => {
                 bar.set_position(label.conns);
-                bar.set_message(format!("holding {count} idle"));
+                let held = meter.held.load(Ordering::Relaxed);
+                bar.set_message(format!("holding {held} verified by echo, idle"));
             }
             Phase::Traffic => {
                 let started = *traffic_from.get_or_insert_with(|| {

@@ -32,8 +32,12 @@ pub struct Report {
     pub errors: u64,
     /// Echoed bytes that differed from what was sent.
     pub mismatches: u64,
-    /// Connections open at the peak.
+    /// Connections open at the peak; in `hold`, those verified by echo.
     pub held: usize,
+    /// `hold`: connections whose probe failed (reset, EOF, wrong bytes).
+    pub probes_failed: usize,
+    /// `hold`: connections whose probe was not echoed in time.
+    pub probes_timed_out: usize,
     /// Messages echoed over the whole traffic phase (warm-up and drain
     /// included), to divide a server's syscall count by.
     pub total_msgs: u64,

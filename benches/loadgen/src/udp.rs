@@ -193,6 +193,8 @@ pub fn run(plan: &UdpPlan) -> io::Result<Report> {
         errors: c.errors + u64::from(c.total_echoed == 0),
         mismatches: c.mismatches,
         held: plan.sockets,
+        probes_failed: 0,
+        probes_timed_out: 0,
         total_msgs: c.total_echoed,
         close: crate::Close::Reset,
         unclean_closes: 0,
