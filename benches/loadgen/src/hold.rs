@@ -7,7 +7,8 @@
 //! `-s` bytes (the first bytes of its stream) and waits up to
 //! `--probe-timeout` for the echo. Connections whose probe failed (reset,
 //! EOF, wrong bytes) are closed and counted; those still waiting at the
-//! timeout stay open but are not held, and are counted as timed out.
+//! timeout are not held: they are counted as timed out, carry no traffic,
+//! and are closed with a reset at the end.
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::time::{Duration, Instant};
@@ -15,7 +16,10 @@ use std::time::{Duration, Instant};
 use mio::{Events, Poll};
 use slab::Slab;
 
-use crate::{close, Client, PatternTable, Plan, Stats};
+use crate::client::{Client, Stats};
+use crate::close;
+use crate::pattern::PatternTable;
+use crate::plan::Plan;
 
 /// What the probes found.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -84,6 +88,13 @@ pub(crate) fn probe(
             if clients.get(key).is_some_and(|c| !c.verified) {
                 waiting -= usize::from(!settle(poll, clients, key, table, buf, &mut held, stats));
             }
+        }
+    }
+    // Still waiting: counted as errors by the caller, so closed with a
+    // reset like any failed connection.
+    for (_, client) in clients.iter_mut() {
+        if !client.verified {
+            client.fail();
         }
     }
     held.timed_out = waiting;
@@ -176,7 +187,7 @@ pub(crate) fn idle(
             };
             // A connection whose probe timed out is already counted.
             let hung_up = event.is_read_closed() || event.is_error();
-            if hung_up && client.verified && !client.failed {
+            if hung_up && !client.failed {
                 stats.errors += 1;
                 client.fail();
             }

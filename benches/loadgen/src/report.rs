@@ -7,7 +7,7 @@ use crate::Close;
 
 /// What a run measured. Its JSON line has these fields plus the rates
 /// (`msgs_per_sec`, `mb_per_sec`, and `conns_per_sec` for churn).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
     pub mode: String,
     /// Connections: per run (pingpong, stream), held (hold) or working in

@@ -28,7 +28,7 @@ pub(crate) fn raise_open_files_limit() -> io::Result<u64> {
         }
         limit.rlim_cur = limit.rlim_max;
     }
-    Ok(limit.rlim_cur as u64)
+    Ok(limit.rlim_cur)
 }
 
 /// The open-files soft limit now in force, if it can be read.
@@ -39,7 +39,7 @@ fn open_files_limit() -> Option<u64> {
     };
     // SAFETY: getrlimit writes one rlimit into `limit`, which we own.
     (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0)
-        .then_some(limit.rlim_cur as u64)
+        .then_some(limit.rlim_cur)
 }
 
 /// `e` as is, or, when descriptors ran out, an error that says so, with the

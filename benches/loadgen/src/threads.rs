@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 use crate::hold::Held;
-use crate::{run_part, Plan, Report};
+use crate::part::run_part;
+use crate::plan::Plan;
+use crate::Report;
 
 /// How long a share waits for the others to open their connections.
 const GATE_TIMEOUT: Duration = Duration::from_secs(300);

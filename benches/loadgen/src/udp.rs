@@ -25,8 +25,9 @@ use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token};
 
 use crate::cli::{Target, Timing};
+use crate::pattern::PatternTable;
 use crate::progress::{Meter, Phase};
-use crate::{PatternTable, Report};
+use crate::Report;
 
 /// Late echoes recognised per socket: its last this many lost datagrams.
 const LATE_WINDOW: usize = 8;
