@@ -515,3 +515,240 @@ fn json_float(json: &str, name: &str) -> f64 {
         .as_f64()
         .unwrap_or_else(|| panic!("{name} is not a number in {json}"))
 }
+
+// ---------------------------------------------------------------------
+// Open loop (`--rate`).
+
+/// The load generator's JSON line, parsed.
+fn json_value(line: &str) -> serde_json::Value {
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+}
+
+/// Every latency field is there, and they are in order.
+fn assert_percentiles(json: &serde_json::Value) {
+    let fields = [
+        "p50_us", "p90_us", "p99_us", "p999_us", "p9999_us", "max_us",
+    ];
+    let values: Vec<u64> = fields
+        .iter()
+        .map(|f| {
+            json[f]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no {f} in {json}"))
+        })
+        .collect();
+    assert!(values.windows(2).all(|w| w[0] <= w[1]), "{json}");
+}
+
+/// Runs the load generator with `--json` and returns its report, parsed.
+fn open_loop_run(args: &[&str]) -> (i32, serde_json::Value) {
+    let (code, line) = loadgen_json(args);
+    (code, json_value(&line))
+}
+
+#[test]
+fn open_loop_schedules_the_asked_rate_and_verifies_every_byte() {
+    let mut cmd = Command::new(server_bin());
+    cmd.args(["--listen", "127.0.0.1:0", "--udp", "127.0.0.1:0"]);
+    // One `listening on` line each for TCP and UDP.
+    let server = Server::spawn(cmd, 2);
+    let addr = server.addrs[0].to_string();
+    let udp = server.addrs[1].to_string();
+    // 2000 msgs/s for 1 s (after a warm-up that is not counted).
+    for (mode, target) in [("pingpong", &addr), ("pipelined", &addr), ("udp", &udp)] {
+        let args = [
+            mode,
+            "--addr",
+            target,
+            "-c",
+            "10",
+            "--rate",
+            "2000",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.2",
+        ];
+        let (code, json) = open_loop_run(&args);
+        assert_eq!(code, 0, "{mode}: {json}");
+        assert_eq!(json["errors"], 0, "{mode}: {json}");
+        assert_eq!(json["mismatches"], 0, "{mode}: {json}");
+        assert_eq!(json["rate"], 2000.0, "{json}");
+        // The schedule itself: 2000 slots in the window, whatever the load.
+        let scheduled = json["scheduled"].as_u64().unwrap_or(0);
+        assert!((1999..=2001).contains(&scheduled), "{mode}: {json}");
+        let msgs = json["msgs"].as_u64().unwrap_or(0);
+        let sent = json["sent"].as_u64().unwrap_or(0);
+        assert!(msgs > 0 && sent > 0 && sent <= scheduled, "{mode}: {json}");
+        // Either about the asked count went out, or the report says not.
+        let behind = json["behind_schedule"].as_bool().expect("behind_schedule");
+        assert!(
+            behind || sent * 100 >= scheduled * 99 - 100,
+            "{mode}: {json}"
+        );
+        if mode != "udp" {
+            // TCP waits for what it sent: every message sent is echoed.
+            assert!(msgs >= sent, "{mode}: {json}");
+        }
+        assert_eq!(json["latency_samples"], msgs, "{json}");
+        assert!(json["sent_per_sec"].as_f64().is_some(), "{json}");
+        assert_percentiles(&json);
+    }
+}
+
+#[test]
+fn the_report_has_every_percentile_closed_and_open_loop() {
+    let server = Server::start(&[]);
+    let addr = server.addr().to_string();
+    for rate in [None, Some("500")] {
+        let mut args = vec![
+            "pingpong",
+            "--addr",
+            &addr,
+            "-c",
+            "4",
+            "--duration",
+            "0.3",
+            "--warmup",
+            "0",
+        ];
+        args.extend(rate.iter().flat_map(|r| ["--rate", r]));
+        let (code, json) = open_loop_run(&args);
+        assert_eq!(code, 0, "{json}");
+        assert_percentiles(&json);
+        assert_eq!(json["rate"].is_null(), rate.is_none(), "{json}");
+        let (code, text) = loadgen_process(&args);
+        assert_eq!(code, 0, "{text}");
+        for label in ["p50 ", "p90 ", "p99 ", "p99.9 ", "p99.99 ", "max "] {
+            assert!(text.contains(label), "no {label:?} in:\n{text}");
+        }
+        assert_eq!(text.contains("open loop at 500 msgs/s"), rate.is_some());
+    }
+}
+
+/// An echo server (a thread per connection) where every connection, once
+/// the server has echoed `after` bytes in all, holds its next echo back for
+/// `stall`, once.
+fn stalling_server(after: u64, stall: Duration) -> SocketAddr {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let echoed = Arc::new(AtomicU64::new(0));
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let echoed = echoed.clone();
+            thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let mut stalled = false;
+                loop {
+                    let n = match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    if !stalled && echoed.fetch_add(n as u64, Ordering::SeqCst) >= after {
+                        stalled = true;
+                        thread::sleep(stall);
+                    }
+                    if stream.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Coordinated omission: a server that stalls for 300 ms shows it in the
+/// open loop's p99, because every message scheduled during the stall waits
+/// and its latency counts from its schedule. (A closed loop sends nothing
+/// while it waits, so the stall is one sample per connection: its max.)
+#[test]
+fn a_stalled_server_shows_in_the_open_loop_tail() {
+    let stall = Duration::from_millis(300);
+    // Pipelined: each connection sends on schedule whatever is in flight.
+    let addr = stalling_server(50 * 64, stall).to_string();
+    let args = [
+        "pipelined",
+        "--addr",
+        &addr,
+        "-c",
+        "4",
+        "--rate",
+        "2000",
+        "--duration",
+        "2",
+        "--warmup",
+        "0",
+        "--close",
+        "reset",
+    ];
+    let (code, json) = open_loop_run(&args);
+    assert_eq!(code, 0, "{json}");
+    assert_eq!(json["mismatches"], 0, "{json}");
+    // The messages scheduled in the first 100 ms of each connection's
+    // stall (about 10 % of the run) waited at least 200 ms.
+    assert!(json["p99_us"].as_u64().unwrap_or(0) >= 200_000, "{json}");
+    assert_percentiles(&json);
+
+    // Closed loop against the same kind of server: the stall is there, in
+    // the max.
+    let addr = stalling_server(50 * 64, stall).to_string();
+    let args = [
+        "pingpong",
+        "--addr",
+        &addr,
+        "-c",
+        "4",
+        "--duration",
+        "1",
+        "--warmup",
+        "0",
+        "--close",
+        "reset",
+    ];
+    let (code, json) = open_loop_run(&args);
+    assert_eq!(code, 0, "{json}");
+    assert!(json["max_us"].as_u64().unwrap_or(0) >= 300_000, "{json}");
+}
+
+#[test]
+fn an_impossible_rate_is_reported_behind_schedule() {
+    let server = Server::start(&[]);
+    let addr = server.addr().to_string();
+    // A billion messages a second: no generator here sends that.
+    let args = [
+        "pipelined",
+        "--addr",
+        &addr,
+        "-c",
+        "2",
+        "--rate",
+        "1e9",
+        "--duration",
+        "0.3",
+        "--warmup",
+        "0",
+        "--close",
+        "reset",
+    ];
+    let (code, json) = open_loop_run(&args);
+    assert_eq!(code, 0, "{json}");
+    assert_eq!(json["behind_schedule"], true, "{json}");
+    assert_eq!(json["mismatches"], 0, "{json}");
+    let scheduled = json["scheduled"].as_u64().unwrap_or(0);
+    assert!(json["sent"].as_u64().unwrap_or(0) < scheduled, "{json}");
+    let (_, text) = loadgen_process(&args);
+    assert!(text.contains("BEHIND SCHEDULE"), "{text}");
+}
+
+#[test]
+fn rate_is_refused_where_it_does_not_apply_or_is_not_a_rate() {
+    assert_eq!(loadgen(&["stream", "--rate", "100"]), 2);
+    assert_eq!(loadgen(&["churn", "--rate", "100"]), 2);
+    assert_eq!(loadgen(&["pingpong", "--rate", "0"]), 2);
+    assert_eq!(loadgen(&["pingpong", "--rate", "-5"]), 2);
+    assert_eq!(loadgen(&["udp", "--rate", "fast"]), 2);
+}

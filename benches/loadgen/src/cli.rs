@@ -77,13 +77,35 @@ pub(crate) struct Connections {
     pub(crate) threads: u16,
 }
 
+/// The open-loop option of the modes that take it.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct OpenLoop {
+    /// Open loop: R messages per second over all connections, as wrk2
+    /// sends them. Each connection sends on its own fixed schedule (R/N per
+    /// second, phases spread evenly) and latency is measured from each
+    /// message's scheduled time to the echo of its last byte, recorded in
+    /// an HdrHistogram as is: a stalled server shows up in the
+    /// percentiles instead of slowing the load down (no coordinated
+    /// omission). Messages scheduled in the warm-up are sent but not
+    /// counted. The report gives the messages scheduled and sent in the
+    /// window, the longest send lag, and BEHIND SCHEDULE
+    /// ("behind_schedule": true) when fewer than 99 % of them were sent by
+    /// the end of the window: the asked rate was not offered.
+    #[arg(long, value_name = "R", value_parser = parse_rate)]
+    pub(crate) rate: Option<f64>,
+}
+
 /// The subcommands: the load modes, `once`, and the tokio peer servers.
 #[derive(Debug, Subcommand)]
 pub(crate) enum ModeArgs {
     /// N connections each keep D messages of S bytes in flight.
     ///
-    /// Latency is the time from sending a message to receiving its last
-    /// echoed byte.
+    /// Closed loop (default): a connection sends its next message when an
+    /// echo completes; latency is from writing a message to receiving its
+    /// last echoed byte. With --rate (open loop), messages are due on a
+    /// fixed schedule; a connection with D messages in flight holds the
+    /// next one back until an echo completes, and that wait counts in its
+    /// latency (the queue a slow server builds is the point).
     Pingpong {
         #[command(flatten)]
         target: Target,
@@ -93,9 +115,38 @@ pub(crate) enum ModeArgs {
         /// Message size in bytes.
         #[arg(long, short = 's', default_value_t = 64)]
         size: usize,
-        /// Messages in flight per connection (pipeline depth).
+        /// Messages in flight per connection (pipeline depth); with --rate,
+        /// the most in flight before a due message waits.
         #[arg(long, short = 'd', default_value_t = 1)]
         depth: usize,
+        #[command(flatten)]
+        open_loop: OpenLoop,
+        #[command(flatten)]
+        timing: Timing,
+        #[command(flatten)]
+        connections: Connections,
+    },
+    /// N connections pipeline messages of S bytes: D in flight each, or,
+    /// with --rate, each sent at its scheduled time whatever is in flight.
+    ///
+    /// Closed loop (default) it is `pingpong -d D` with D = 16. With --rate
+    /// (open loop) a connection never waits for an echo before sending:
+    /// latency is from each message's scheduled time to the echo of its
+    /// last byte, and -d does not apply.
+    Pipelined {
+        #[command(flatten)]
+        target: Target,
+        /// Connections.
+        #[arg(long, short = 'c', default_value_t = 100)]
+        conns: usize,
+        /// Message size in bytes.
+        #[arg(long, short = 's', default_value_t = 64)]
+        size: usize,
+        /// Closed loop: messages in flight per connection.
+        #[arg(long, short = 'd', default_value_t = 16)]
+        depth: usize,
+        #[command(flatten)]
+        open_loop: OpenLoop,
         #[command(flatten)]
         timing: Timing,
         #[command(flatten)]
@@ -207,6 +258,12 @@ pub(crate) enum ModeArgs {
         /// Milliseconds to wait for an echo before counting it lost.
         #[arg(long, value_name = "MS", default_value_t = 1000)]
         timeout: u64,
+        /// With --rate, a socket sends each datagram at its scheduled time,
+        /// or as soon as the one before it is echoed or lost if that is
+        /// later; datagrams in flight when the window ends are not waited
+        /// for.
+        #[command(flatten)]
+        open_loop: OpenLoop,
         #[command(flatten)]
         timing: Timing,
     },
@@ -235,6 +292,16 @@ pub(crate) enum ModeArgs {
               value_parser = clap::value_parser!(u16).range(1..=256))]
         threads: u16,
     },
+}
+
+/// A rate in messages per second: a positive number.
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        _ => Err(format!(
+            "'{text}' is not a rate: give messages per second, above 0"
+        )),
+    }
 }
 
 /// A datagram size, 0 to the IPv6 maximum.

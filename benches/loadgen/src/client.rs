@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use mio::net::TcpStream;
@@ -13,6 +13,7 @@ use slab::Slab;
 
 use crate::pattern::PERIOD;
 use crate::plan::Plan;
+use crate::schedule::Schedule;
 use crate::sys;
 
 pub(crate) struct Client {
@@ -30,6 +31,10 @@ pub(crate) struct Client {
     // Stream mode's latency sample: a write in flight, as the byte count
     // that completes its echo and when it was written. One at a time.
     pub(crate) mark: Option<(u64, Instant)>,
+    // Open loop (`--rate`): when this connection's messages are due, and
+    // how many are due so far (the loop moves it on as their times come).
+    pub(crate) schedule: Option<Schedule>,
+    pub(crate) due: u64,
     // Counted as an error or mismatch: closed with a reset.
     pub(crate) failed: bool,
     // `hold`: the probe came back, every byte verified.
@@ -55,6 +60,12 @@ pub(crate) struct Stats {
     // `--close fin` closes that ended in a reset or timed out.
     pub(crate) unclean_closes: u64,
     pub(crate) hist: Histogram<u64>,
+    // Open loop: messages scheduled in the window, those of them written
+    // before it ended, and the longest a message was written after its
+    // scheduled time.
+    pub(crate) scheduled: u64,
+    pub(crate) sent: u64,
+    pub(crate) max_send_lag: Duration,
 }
 
 impl Stats {
@@ -67,6 +78,9 @@ impl Stats {
             mismatches: 0,
             unclean_closes: 0,
             hist: Histogram::new_with_bounds(1, 60_000_000, 3).map_err(io::Error::other)?,
+            scheduled: 0,
+            sent: 0,
+            max_send_lag: Duration::ZERO,
         })
     }
 }
@@ -121,6 +135,8 @@ pub(crate) fn open(
         started: Instant::now(),
         active: false,
         mark: None,
+        schedule: None,
+        due: 0,
         failed: false,
         verified: false,
         closing: false,

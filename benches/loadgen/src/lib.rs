@@ -33,6 +33,7 @@ mod plan;
 mod progress;
 mod pump;
 mod report;
+mod schedule;
 mod sys;
 mod threads;
 mod tokio_peer;
@@ -115,9 +116,11 @@ fn run_load(mode: ModeArgs) -> (bool, io::Result<Report>) {
             conns,
             size,
             timeout,
+            open_loop,
             timing,
         } => {
             let mut plan = udp::UdpPlan::new(&target, &timing, conns, size, timeout);
+            plan.rate = open_loop.rate;
             let progress = Progress::start(
                 Label {
                     mode: "udp",
@@ -135,14 +138,27 @@ fn run_load(mode: ModeArgs) -> (bool, io::Result<Report>) {
             conns,
             size,
             depth,
+            open_loop,
             timing,
             connections,
         } => {
-            let plan = Plan::new(Kind::PingPong, &target, &timing, &connections).sized(
-                conns,
-                size,
-                depth.max(1),
-            );
+            let mut plan = Plan::new(Kind::PingPong, &target, &timing, &connections);
+            plan = plan.sized(conns, size, depth.max(1));
+            plan.rate = open_loop.rate;
+            (timing.json, run_with_progress(plan, timing.json))
+        }
+        ModeArgs::Pipelined {
+            target,
+            conns,
+            size,
+            depth,
+            open_loop,
+            timing,
+            connections,
+        } => {
+            let mut plan = Plan::new(Kind::Pipelined, &target, &timing, &connections);
+            plan = plan.sized(conns, size, depth.max(1));
+            plan.rate = open_loop.rate;
             (timing.json, run_with_progress(plan, timing.json))
         }
         ModeArgs::Stream {

@@ -208,9 +208,15 @@ impl Part {
             total_msgs: stats.total_msgs,
             close: plan.close,
             unclean_closes: stats.unclean_closes,
+            threads: 1,
+            rate: plan.rate,
+            scheduled: stats.scheduled,
+            sent: stats.sent,
+            max_send_lag_us: u64::try_from(stats.max_send_lag.as_micros()).unwrap_or(u64::MAX),
             ..Report::default()
         };
         report.set_latency(&stats.hist);
+        report.judge_schedule();
         (report, stats.hist)
     }
 }

@@ -11,6 +11,7 @@ use crate::Close;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
     PingPong,
+    Pipelined,
     Stream,
     Churn,
     Hold,
@@ -21,6 +22,7 @@ impl Kind {
     pub(crate) fn name(self) -> &'static str {
         match self {
             Kind::PingPong => "pingpong",
+            Kind::Pipelined => "pipelined",
             Kind::Stream => "stream",
             Kind::Churn => "churn",
             Kind::Hold => "hold",
@@ -44,9 +46,14 @@ pub(crate) struct Plan {
     pub(crate) sources: u8,
     pub(crate) max_connecting: usize,
     pub(crate) close: Close,
-    // Threads to split the connections over, and which share this is.
+    // Open loop: messages per second over all the shares' connections.
+    pub(crate) rate: Option<f64>,
+    // Threads to split the connections over, which share this is, and the
+    // index of its first connection among all the shares' (`total`).
     pub(crate) threads: usize,
     pub(crate) part: usize,
+    pub(crate) first: usize,
+    pub(crate) total: usize,
     // What the progress bar shows, summed over the shares.
     pub(crate) meter: Arc<Meter>,
 }
@@ -73,7 +80,10 @@ impl Plan {
             max_connecting: connections.max_connecting.max(1),
             close: connections.close,
             threads: usize::from(connections.threads),
+            rate: None,
             part: 0,
+            first: 0,
+            total: 1,
             meter: Arc::default(),
         }
     }
@@ -83,6 +93,7 @@ impl Plan {
     pub(crate) fn sized(self, conns: usize, size: usize, depth: usize) -> Plan {
         Plan {
             conns: conns.max(1),
+            total: conns.max(1),
             active: conns.max(1),
             size: size.max(1),
             depth,

@@ -38,8 +38,7 @@ fn open_files_limit() -> Option<u64> {
         rlim_max: 0,
     };
     // SAFETY: getrlimit writes one rlimit into `limit`, which we own.
-    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0)
-        .then_some(limit.rlim_cur)
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0).then_some(limit.rlim_cur)
 }
 
 /// `e` as is, or, when descriptors ran out, an error that says so, with the
@@ -85,5 +84,75 @@ pub(crate) fn bind_address_no_port(socket: &impl AsRawFd) {
             &one as *const _ as *const libc::c_void,
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         );
+    }
+}
+
+/// A timerfd: a descriptor that becomes readable when a one-shot timer
+/// expires, so an open-loop schedule wakes the mio loop to the microsecond
+/// (epoll's own timeout counts whole milliseconds).
+pub(crate) struct Timer {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl Timer {
+    /// A disarmed timer on the monotonic clock (the clock `Instant` reads).
+    /// Also asks for the finest timer slack for this thread, so the kernel
+    /// does not batch our wake-ups by its default 50 us.
+    pub(crate) fn new() -> io::Result<Timer> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: timerfd_create takes no pointers; a negative result is an
+        // error, anything else a descriptor we now own.
+        let fd = unsafe {
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: prctl(PR_SET_TIMERSLACK) takes plain integers.
+        unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
+        // SAFETY: `fd` is a fresh descriptor nothing else owns.
+        Ok(Timer {
+            fd: unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    /// Arms the timer to expire once, `after` from now (at least 1 ns:
+    /// zero would disarm it).
+    pub(crate) fn set(&self, after: std::time::Duration) -> io::Result<()> {
+        let after = after.max(std::time::Duration::from_nanos(1));
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: after.as_secs() as libc::time_t,
+                tv_nsec: after.subsec_nanos() as libc::c_long,
+            },
+        };
+        // SAFETY: timerfd_settime reads `spec` and writes nothing (the old
+        // value pointer is null).
+        let rc =
+            unsafe { libc::timerfd_settime(self.fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Reads (and so clears) the expirations; nothing to read is fine.
+    pub(crate) fn clear(&self) {
+        let mut count = [0u8; 8];
+        // SAFETY: read writes at most 8 bytes into `count`.
+        unsafe { libc::read(self.fd.as_raw_fd(), count.as_mut_ptr().cast(), count.len()) };
+    }
+}
+
+impl AsRawFd for Timer {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
     }
 }

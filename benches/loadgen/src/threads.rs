@@ -83,6 +83,7 @@ pub(crate) fn run(plan: Plan) -> io::Result<Report> {
                 let mut share = plan.clone();
                 share.part = part;
                 share.conns = split(plan.conns, shares, part);
+                share.first = (0..part).map(|p| split(plan.conns, shares, p)).sum();
                 share.active = split(plan.active, shares, part).min(share.conns);
                 let gate = &gate;
                 scope.spawn(move || {
@@ -120,12 +121,16 @@ pub(crate) fn run(plan: Plan) -> io::Result<Report> {
                 total.probes_timed_out += report.probes_timed_out;
                 total.total_msgs += report.total_msgs;
                 total.unclean_closes += report.unclean_closes;
+                total.scheduled += report.scheduled;
+                total.sent += report.sent;
+                total.max_send_lag_us = total.max_send_lag_us.max(report.max_send_lag_us);
             }
         }
     }
     let (mut report, hist) = merged.ok_or_else(|| io::Error::other("no load thread ran"))?;
     report.threads = shares;
     report.set_latency(&hist);
+    report.judge_schedule();
     Ok(report)
 }
 

@@ -1,5 +1,7 @@
 //! The traffic phase of a share: every active client pumps its messages
-//! until the measured window ends, then what is in flight drains.
+//! until the measured window ends, then what is in flight drains. Closed
+//! loop, a client issues its next message when an echo completes; open
+//! loop (`--rate`), when the schedule says (see `schedule.rs`).
 
 use std::collections::VecDeque;
 use std::io;
@@ -10,11 +12,15 @@ use crate::close;
 use crate::part::Part;
 use crate::plan::Kind;
 use crate::progress::Phase;
-use crate::pump::{issue_initial, pump, Pass};
+use crate::pump::{issue_initial, owe_due, pump, Ctx, Moment, Pass};
+use crate::schedule::{Schedule, Timers};
 
 /// How long what is in flight at the end of the window may take to come
 /// back.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a turn waits for events when nothing is due sooner.
+const TURN_WAIT: Duration = Duration::from_millis(50);
 
 /// Where the traffic phase stands.
 struct Window {
@@ -26,17 +32,34 @@ struct Window {
     running: bool,
 }
 
+impl Window {
+    /// A pass's view of it at `now`.
+    fn moment(&self, now: Instant) -> Moment {
+        Moment {
+            now,
+            record: self.measuring && self.running,
+            running: self.running,
+            window: (self.measure_from, self.measure_until),
+        }
+    }
+}
+
 impl Part {
     /// Runs the traffic: warm-up, the measured window, then the drain.
     pub(crate) fn traffic(&mut self) -> io::Result<()> {
-        let mut ready = self.start_traffic();
-        let measure_from = Instant::now() + self.plan.warmup;
+        let start = Instant::now();
+        let measure_from = start + self.plan.warmup;
         let mut window = Window {
             measure_from,
             measure_until: measure_from + self.plan.duration,
             measuring: false,
             running: true,
         };
+        let mut timers = match self.plan.rate {
+            Some(_) => Some(Timers::new(&self.poll)?),
+            None => None,
+        };
+        let mut ready = self.start_traffic(&window, start, timers.as_mut());
         let drain_deadline = window.measure_until + DRAIN_TIMEOUT;
         // This turn's work: (client, hung up) from the events, then `ready`.
         let mut turn: Vec<(usize, bool)> = Vec::with_capacity(4096);
@@ -49,13 +72,17 @@ impl Part {
                 let outstanding = self
                     .clients
                     .iter()
-                    .any(|(_, c)| c.active && c.connected && c.rx < c.tx);
+                    .any(|(_, c)| c.active && c.connected && c.rx < c.goal);
                 if !outstanding || now >= drain_deadline {
                     return Ok(());
                 }
             }
-            let wait = if ready.is_empty() {
-                Duration::from_millis(50)
+            let due_now = match timers.as_mut() {
+                Some(timers) => timers.arm(now)?,
+                None => false,
+            };
+            let wait = if ready.is_empty() && !due_now {
+                TURN_WAIT
             } else {
                 Duration::ZERO
             };
@@ -75,14 +102,23 @@ impl Part {
                     ready.push_back(key);
                 }
             }
+            if let Some(timers) = timers.as_mut().filter(|_| window.running) {
+                self.send_due(timers, &window, now, &mut ready);
+            }
             self.plan.meter.add_done(self.stats.total_msgs - shown);
             shown = self.stats.total_msgs;
         }
     }
 
-    /// Gives the active clients their first goal and first pass; returns
-    /// the clients that have more to read.
-    fn start_traffic(&mut self) -> VecDeque<usize> {
+    /// Gives the active clients their first goal (open loop: their
+    /// schedule) and first pass; returns the clients that have more to
+    /// read.
+    fn start_traffic(
+        &mut self,
+        window: &Window,
+        start: Instant,
+        mut timers: Option<&mut Timers>,
+    ) -> VecDeque<usize> {
         let now = Instant::now();
         let plan = &self.plan;
         // In `hold`, only connections verified by echo carry traffic.
@@ -91,9 +127,16 @@ impl Part {
             .iter_mut()
             .filter(|(_, c)| c.verified || plan.kind != Kind::Hold);
         let mut keys = Vec::with_capacity(plan.active);
-        for (key, client) in held.take(plan.active) {
+        for (i, (key, client)) in held.take(plan.active).enumerate() {
             client.active = true;
             client.started = now;
+            if let (Some(rate), Some(timers)) = (plan.rate, timers.as_deref_mut()) {
+                let schedule = Schedule::new(start, plan.first + i, plan.total, rate);
+                client.schedule = Some(schedule);
+                self.stats.scheduled +=
+                    schedule.before(window.measure_until) - schedule.before(window.measure_from);
+                timers.push(schedule.at(0), key);
+            }
             issue_initial(client, plan, now);
             keys.push(key);
         }
@@ -101,23 +144,55 @@ impl Part {
         // Clients whose pass stopped with bytes left to read: no new edge
         // may come for them, so they get another pass next turn.
         let mut ready = VecDeque::new();
+        let moment = window.moment(now);
+        let mut ctx = Ctx {
+            table: &self.table,
+            buf: &mut self.buf,
+            plan: &self.plan,
+            stats: &mut self.stats,
+        };
         for key in keys {
-            let client = &mut self.clients[key];
-            let pass = pump(
-                client,
-                &self.table,
-                &mut self.buf,
-                &self.plan,
-                &mut self.stats,
-                false,
-                true,
-                now,
-            );
-            if pass == Pass::Yielded {
+            if pump(&mut self.clients[key], &mut ctx, &moment) == Pass::Yielded {
                 ready.push_back(key);
             }
         }
         ready
+    }
+
+    /// Open loop: moves every client whose next message is due by `now` on
+    /// to all its due messages (up to the end of the window) and sends.
+    fn send_due(
+        &mut self,
+        timers: &mut Timers,
+        window: &Window,
+        now: Instant,
+        ready: &mut VecDeque<usize>,
+    ) {
+        let moment = window.moment(now);
+        let mut ctx = Ctx {
+            table: &self.table,
+            buf: &mut self.buf,
+            plan: &self.plan,
+            stats: &mut self.stats,
+        };
+        while let Some(key) = timers.pop_due(now) {
+            let Some(client) = self.clients.get_mut(key) else {
+                continue;
+            };
+            let Some(schedule) = client.schedule.filter(|_| client.active) else {
+                continue;
+            };
+            // The schedule ends with the window.
+            let last = schedule.before(window.measure_until);
+            client.due = schedule.by(now).min(last);
+            if client.due < last {
+                timers.push(schedule.at(client.due), key);
+            }
+            owe_due(client, ctx.plan);
+            if pump(client, &mut ctx, &moment) == Pass::Yielded {
+                ready.push_back(key);
+            }
+        }
     }
 
     /// Starts measuring after the warm-up and stops issuing at the end of
@@ -125,15 +200,22 @@ impl Part {
     fn advance(&mut self, window: &mut Window, now: Instant) {
         if !window.measuring && now >= window.measure_from {
             window.measuring = true;
-            self.stats.hist.reset();
-            self.stats.msgs = 0;
-            self.stats.bytes = 0;
+            // Open loop counts by schedule, from the start: a message due
+            // at the window's start may be echoed before this turn.
+            if self.plan.rate.is_none() {
+                self.stats.hist.reset();
+                self.stats.msgs = 0;
+                self.stats.bytes = 0;
+            }
         }
         if window.running && now >= window.measure_until {
             window.running = false;
             self.plan.meter.set_phase(Phase::Closing);
             // Stop issuing; let what is in flight come back and be verified.
-            if self.plan.kind == Kind::Stream {
+            // Open loop, messages not sent by now stay unsent: they count
+            // against `sent`, and the drain stays bounded by what is in
+            // flight.
+            if self.plan.kind == Kind::Stream || self.plan.rate.is_some() {
                 for (_, c) in self.clients.iter_mut() {
                     c.goal = c.tx;
                 }
@@ -196,17 +278,13 @@ impl Part {
             }
             return Ok(Pass::Blocked);
         }
-        let record = window.measuring && running;
-        let pass = pump(
-            client,
-            &self.table,
-            &mut self.buf,
-            &self.plan,
-            &mut self.stats,
-            record,
-            running,
-            now,
-        );
+        let mut ctx = Ctx {
+            table: &self.table,
+            buf: &mut self.buf,
+            plan: &self.plan,
+            stats: &mut self.stats,
+        };
+        let pass = pump(client, &mut ctx, &window.moment(now));
         if pass == Pass::Finished {
             // Churn: one cycle done; close the connection and, once it is
             // closed, open another.
