@@ -57,6 +57,9 @@ fn every_mode_runs_clean_against_echoloop() {
     };
     run(&["pingpong", "-c", "50", "-s", "64"]);
     run(&["pingpong", "-c", "20", "-s", "1000", "-d", "8"]);
+    run(&["pipelined", "-c", "20", "-s", "100"]);
+    run(&["pingpong", "-c", "20", "--rate", "1000"]);
+    run(&["pipelined", "-c", "20", "--rate", "1000", "--threads", "2"]);
     run(&["stream", "-c", "4", "-s", "65536"]);
     run(&["churn", "-p", "10", "-s", "64"]);
     run(&["hold", "-c", "300", "-k", "10", "--idle", "0.1"]);

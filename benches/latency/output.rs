@@ -258,13 +258,14 @@ fn draw(path: &Path, conns: usize, points: &[Point]) -> Result<(), Box<dyn std::
     for (s, server) in servers.iter().enumerate() {
         let colour = colours[s % colours.len()];
         for (label, value, width) in percentiles {
-            let mut data: Vec<(f64, f64)> = points
+            // In the order of the load asked: past saturation the achieved
+            // rate falls back, and the line shows it.
+            let data: Vec<(f64, f64)> = points
                 .iter()
                 .filter(|p| p.server == *server)
                 .map(|p| (p.achieved, value(p)))
                 .filter(|(x, y)| finite(*x) && finite(*y))
                 .collect();
-            data.sort_by(|a, b| a.0.total_cmp(&b.0));
             chart
                 .draw_series(LineSeries::new(data.clone(), colour.stroke_width(width)))?
                 .label(format!("{server} {label}"))

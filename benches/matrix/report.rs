@@ -22,6 +22,38 @@ pub(crate) fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
+/// One server's medians in one cell.
+struct PeerMedians {
+    msgs: f64,
+    mb: f64,
+    p99: f64,
+    /// Server CPU microseconds per message.
+    cpu: f64,
+    idle: Option<f64>,
+    sys: Option<f64>,
+    steady: Option<f64>,
+}
+
+impl PeerMedians {
+    fn of(results: &BTreeMap<(usize, Peer), Vec<Sample>>, cell: usize, peer: Peer) -> PeerMedians {
+        let samples = results.get(&(cell, peer)).map_or(&[][..], Vec::as_slice);
+        let get = |f: fn(&Sample) -> f64| median(samples.iter().map(f).collect());
+        let opt = |f: fn(&Sample) -> Option<f64>| {
+            let v: Vec<f64> = samples.iter().filter_map(f).collect();
+            (!v.is_empty()).then(|| median(v))
+        };
+        PeerMedians {
+            msgs: get(|s| s.msgs_per_sec),
+            mb: get(|s| s.mb_per_sec),
+            p99: get(|s| s.p99_us),
+            cpu: get(|s| s.cpu_us_per_msg),
+            idle: opt(|s| s.idle_bytes_per_conn),
+            sys: opt(|s| s.syscalls_per_msg),
+            steady: opt(|s| s.syscalls_steady),
+        }
+    }
+}
+
 pub(crate) struct Report {
     pub(crate) markdown: String,
     pub(crate) json: String,
@@ -46,58 +78,25 @@ impl Report {
         // Per cell: echoloop and tokio msgs/s, then their CPU us/msg.
         let mut summary: Vec<[f64; 4]> = Vec::new();
         for (i, cell) in cells.iter().enumerate() {
-            let get = |peer, f: fn(&Sample) -> f64| -> f64 {
-                median(
-                    results
-                        .get(&(i, peer))
-                        .map_or(vec![], |s| s.iter().map(f).collect()),
-                )
-            };
-            let opt = |peer, f: fn(&Sample) -> Option<f64>| -> Option<f64> {
-                let v: Vec<f64> = results
-                    .get(&(i, peer))
-                    .map_or(vec![], |s| s.iter().filter_map(f).collect());
-                (!v.is_empty()).then(|| median(v))
-            };
-            let (e_msgs, t_msgs) = (
-                get(Peer::Echoloop, |s| s.msgs_per_sec),
-                get(Peer::Tokio, |s| s.msgs_per_sec),
-            );
-            let (e_mb, t_mb) = (
-                get(Peer::Echoloop, |s| s.mb_per_sec),
-                get(Peer::Tokio, |s| s.mb_per_sec),
-            );
-            let (e_p99, t_p99) = (
-                get(Peer::Echoloop, |s| s.p99_us),
-                get(Peer::Tokio, |s| s.p99_us),
-            );
+            let e = PeerMedians::of(results, i, Peer::Echoloop);
+            let t = PeerMedians::of(results, i, Peer::Tokio);
             let errors: f64 = results
                 .iter()
                 .filter(|((c, _), _)| *c == i)
                 .flat_map(|(_, s)| s.iter().map(|x| x.errors + x.mismatches))
                 .sum();
-            let ratio = e_msgs / t_msgs;
-            let (e_cpu, t_cpu) = (
-                get(Peer::Echoloop, |s| s.cpu_us_per_msg),
-                get(Peer::Tokio, |s| s.cpu_us_per_msg),
-            );
-            summary.push([e_msgs, t_msgs, e_cpu, t_cpu]);
+            let ratio = e.msgs / t.msgs;
+            summary.push([e.msgs, t.msgs, e.cpu, t.cpu]);
             md.push_str(&format!(
                 "| {} | {:.0} | {:.0} | {:.2} | {:.1} | {:.1} | {:.0} | {:.0} | {:.3} / {:.3} | {:.0} |\n",
-                cell.name, e_msgs, t_msgs, ratio, e_mb, t_mb, e_p99, t_p99, e_cpu, t_cpu, errors
+                cell.name, e.msgs, t.msgs, ratio, e.mb, t.mb, e.p99, t.p99, e.cpu, t.cpu, errors
             ));
-            let e_idle = opt(Peer::Echoloop, |s| s.idle_bytes_per_conn);
-            let t_idle = opt(Peer::Tokio, |s| s.idle_bytes_per_conn);
-            if let (Some(e), Some(t)) = (e_idle, t_idle) {
+            if let (Some(e), Some(t)) = (e.idle, t.idle) {
                 extras.push_str(&format!(
                     "- Idle memory per connection at 19,000 connections (server RSS held − RSS empty, ÷ 19,000): echoloop {e:.1} B, tokio {t:.1} B\n"
                 ));
             }
-            let e_sys = opt(Peer::Echoloop, |s| s.syscalls_per_msg);
-            let t_sys = opt(Peer::Tokio, |s| s.syscalls_per_msg);
-            let e_steady = opt(Peer::Echoloop, |s| s.syscalls_steady);
-            let t_steady = opt(Peer::Tokio, |s| s.syscalls_steady);
-            if let (Some(e), Some(t), Some(es), Some(ts)) = (e_sys, t_sys, e_steady, t_steady) {
+            if let (Some(es), Some(ts), Some(e), Some(t)) = (e.steady, t.steady, e.sys, t.sys) {
                 extras.push_str(&format!(
                     "- Server syscalls per echoed message, {} (perf raw_syscalls:sys_enter): \
                      steady state (set-up and tear-down of the 100 connections subtracted) echoloop {es:.3}, tokio {ts:.3}; \
@@ -106,26 +105,27 @@ impl Report {
                 ));
             }
             if let Some(conns) = cell.chart_conns {
-                chart.push((conns, e_msgs, t_msgs));
+                chart.push((conns, e.msgs, t.msgs));
             }
+            let r3 = |v: Option<f64>| v.map(|v| round(v, 3));
             rows.push(serde_json::json!({
                 "cell": cell.name,
-                "echoloop_msgs_per_sec": round(e_msgs, 1),
-                "tokio_msgs_per_sec": round(t_msgs, 1),
+                "echoloop_msgs_per_sec": round(e.msgs, 1),
+                "tokio_msgs_per_sec": round(t.msgs, 1),
                 "ratio": round(ratio, 3),
-                "echoloop_mb_per_sec": round(e_mb, 2),
-                "tokio_mb_per_sec": round(t_mb, 2),
-                "echoloop_p99_us": round(e_p99, 0),
-                "tokio_p99_us": round(t_p99, 0),
+                "echoloop_mb_per_sec": round(e.mb, 2),
+                "tokio_mb_per_sec": round(t.mb, 2),
+                "echoloop_p99_us": round(e.p99, 0),
+                "tokio_p99_us": round(t.p99, 0),
                 "errors": errors,
-                "echoloop_cpu_us_per_msg": round(e_cpu, 4),
-                "tokio_cpu_us_per_msg": round(t_cpu, 4),
-                "echoloop_idle_bytes_per_conn": e_idle.map(|v| round(v, 3)),
-                "tokio_idle_bytes_per_conn": t_idle.map(|v| round(v, 3)),
-                "echoloop_syscalls_per_msg": e_sys.map(|v| round(v, 3)),
-                "tokio_syscalls_per_msg": t_sys.map(|v| round(v, 3)),
-                "echoloop_syscalls_steady": e_steady.map(|v| round(v, 3)),
-                "tokio_syscalls_steady": t_steady.map(|v| round(v, 3)),
+                "echoloop_cpu_us_per_msg": round(e.cpu, 4),
+                "tokio_cpu_us_per_msg": round(t.cpu, 4),
+                "echoloop_idle_bytes_per_conn": r3(e.idle),
+                "tokio_idle_bytes_per_conn": r3(t.idle),
+                "echoloop_syscalls_per_msg": r3(e.sys),
+                "tokio_syscalls_per_msg": r3(t.sys),
+                "echoloop_syscalls_steady": r3(e.steady),
+                "tokio_syscalls_steady": r3(t.steady),
             }));
         }
         let json = serde_json::json!({

@@ -5,22 +5,26 @@
 //! a per-connection offset) and checks every echoed byte against it, so a
 //! server that loses, duplicates, reorders or mixes bytes is caught.
 //!
-//! Modes: `pingpong` (N connections, S-byte messages, D in flight), `stream`
-//! (continuous send and receive), `churn` (connect, echo, close, repeat),
-//! `hold` (open N, verify each by echo, keep them, K active), `udp` (N
-//! sockets ping-pong datagrams) and `once` (send one message, print the
-//! reply). `tokio-echo` and `tokio-udp-echo` run the tokio peer servers
-//! instead. Connections end as `--close` says: an orderly FIN by default,
-//! or a reset.
+//! Modes: `pingpong` (N connections, S-byte messages, D in flight),
+//! `pipelined` (the same with 16 in flight, or open loop sending on
+//! schedule whatever is in flight), `stream` (continuous send and
+//! receive), `churn` (connect, echo, close, repeat), `hold` (open N, verify
+//! each by echo, keep them, K active), `udp` (N sockets ping-pong
+//! datagrams) and `once` (send one message, print the reply). `--rate`
+//! runs `pingpong`, `pipelined` and `udp` open loop (`schedule.rs`).
+//! `tokio-echo` and `tokio-udp-echo` run the tokio peer servers instead.
+//! Connections end as `--close` says: an orderly FIN by default, or a
+//! reset.
 //!
 //! Where things live: `cli.rs` the command line; `plan.rs` what a run does;
 //! `part.rs` one thread's run (open, hold, traffic, close, report) and
-//! `threads.rs` several of them merged; `traffic.rs` the traffic loop and
-//! `pump.rs` one client's pass; `client.rs` a connection's state and
-//! opening one; `pattern.rs` the bytes sent; `hold.rs` the probes and the
-//! idle phase; `close.rs` FIN or reset; `udp.rs` the UDP mode;
-//! `report.rs` the report; `progress.rs` the bar; `sys.rs` the raw OS
-//! calls; `once.rs` and `tokio_peer.rs` the smoke test and the peers.
+//! `threads.rs` several of them merged; `traffic.rs` the traffic loop,
+//! `pump.rs` one client's pass and `schedule.rs` the open-loop schedule;
+//! `client.rs` a connection's state and opening one; `pattern.rs` the bytes
+//! sent; `hold.rs` the probes and the idle phase; `close.rs` FIN or reset;
+//! `udp.rs` the UDP mode; `report.rs` the report; `progress.rs` the bar;
+//! `sys.rs` the raw OS calls; `once.rs` and `tokio_peer.rs` the smoke test
+//! and the peers.
 
 mod cli;
 mod client;

@@ -106,9 +106,9 @@ impl Timers {
         }
     }
 
-    /// Arms the timer for the earliest due time, if it is not armed for it
-    /// already; returns true if something is due by `now` (poll should not
-    /// wait).
+    /// Arms the timer for the earliest due time unless it is armed for
+    /// that time or sooner already (one syscall per wake-up at most);
+    /// returns true if something is due by `now` (poll should not wait).
     pub(crate) fn arm(&mut self, now: Instant) -> io::Result<bool> {
         if self.armed.is_some_and(|at| at <= now) {
             // Expired: read it, so its next expiry is a new edge.
@@ -121,7 +121,8 @@ impl Timers {
         if *due <= now {
             return Ok(true);
         }
-        if self.armed != Some(*due) {
+        // A wake-up at or before `due` is set already: that turn re-arms.
+        if self.armed.is_none_or(|at| at > *due) {
             self.timer.set(*due - now)?;
             self.armed = Some(*due);
         }

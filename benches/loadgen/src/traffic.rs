@@ -77,7 +77,8 @@ impl Part {
                     return Ok(());
                 }
             }
-            let due_now = match timers.as_mut() {
+            // The schedule ends with the window; the drain waits for echoes.
+            let due_now = match timers.as_mut().filter(|_| window.running) {
                 Some(timers) => timers.arm(now)?,
                 None => false,
             };
