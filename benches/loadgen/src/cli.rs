@@ -87,8 +87,9 @@ pub(crate) struct OpenLoop {
     /// an HdrHistogram as is: a stalled server shows up in the
     /// percentiles instead of slowing the load down (no coordinated
     /// omission). Messages scheduled in the warm-up are sent but not
-    /// counted. The report gives the messages scheduled and sent in the
-    /// window, the longest send lag, and BEHIND SCHEDULE
+    /// counted; those still unsent when the window ends are not sent. The
+    /// report gives the messages scheduled and sent in the window, the
+    /// achieved rate, the longest send lag, and BEHIND SCHEDULE
     /// ("behind_schedule": true) when fewer than 99 % of them were sent by
     /// the end of the window: the asked rate was not offered.
     #[arg(long, value_name = "R", value_parser = parse_rate)]
