@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # User-space memory per idle connection: server RSS with N idle connections
-# minus RSS with none, divided by N.
+# minus RSS with none, divided by N. The load generator counts a connection
+# as held once a 64-byte probe on it has been echoed, so every connection
+# was accepted and has carried one message; N is that verified count.
 #
 #   bash benches/idle-memory.sh [N] [THREADS]   # default 10000 connections, 1 loop
 #
@@ -27,6 +29,9 @@ load=$!
 for _ in $(seq 600); do grep -q '^held' "$out.load" && break; sleep 0.1; done
 sleep 1
 held=$(rss)
+verified=$(sed -n 's/^held \([0-9]*\).*/\1/p' "$out.load" | head -1)
+[ "${verified:-0}" -eq "$n" ] || echo "warning: only ${verified:-0} of $n connections verified by echo" >&2
+n=${verified:-$n}
 kill -USR1 $pid
 sleep 0.3
 spread=$(grep -o 'active_per_loop=\[[0-9,]*\]' "$out.log" | tail -1 || true)

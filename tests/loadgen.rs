@@ -5,14 +5,20 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::Duration;
 
 use common::*;
 
+/// Runs the load generator in this process. Load modes get `--json`: the
+/// progress bar is drawn when stderr is a terminal, which it may be under
+/// `cargo test`, and never with `--json`.
 fn loadgen(args: &[&str]) -> i32 {
-    echoloop_loadgen::main_with_args(args.iter().map(|s| s.to_string()))
+    let load_mode = ["pingpong", "pipelined", "stream", "churn", "hold", "udp"];
+    let quiet = args.first().is_some_and(|m| load_mode.contains(m)) && !args.contains(&"--help");
+    let json = quiet.then_some("--json");
+    echoloop_loadgen::main_with_args(args.iter().chain(json.iter()).map(|s| s.to_string()))
 }
 
 /// An echo server on a thread that corrupts one byte in every `every`.
@@ -57,6 +63,9 @@ fn every_mode_runs_clean_against_echoloop() {
     };
     run(&["pingpong", "-c", "50", "-s", "64"]);
     run(&["pingpong", "-c", "20", "-s", "1000", "-d", "8"]);
+    run(&["pipelined", "-c", "20", "-s", "100"]);
+    run(&["pingpong", "-c", "20", "--rate", "1000"]);
+    run(&["pipelined", "-c", "20", "--rate", "1000", "--threads", "2"]);
     run(&["stream", "-c", "4", "-s", "65536"]);
     run(&["churn", "-p", "10", "-s", "64"]);
     run(&["hold", "-c", "300", "-k", "10", "--idle", "0.1"]);
@@ -133,19 +142,33 @@ fn issue_9_tokio_echo_on_port_0_says_where_it_listens_and_echoes() {
     assert_eq!(loadgen(&["once", "--addr", &addr, "tokio"]), 0);
 }
 
+/// Piped, `once` prints exactly the echoed bytes: no newline is added.
 #[test]
-fn issue_9_once_prints_the_reply_and_exactly_one_newline() {
+fn once_prints_exactly_the_echoed_bytes() {
     let server = Server::start(&[]);
     let addr = server.addr().to_string();
-    assert_eq!(
-        loadgen_process(&["once", "--addr", &addr, "hello"]),
-        (0, "hello\n".to_string())
-    );
-    // A reply that ends with a newline gets no second one.
-    assert_eq!(
-        loadgen_process(&["once", "--addr", &addr, "line\n"]),
-        (0, "line\n".to_string())
-    );
+    for message in ["hello", "line\n", "two\nlines"] {
+        assert_eq!(
+            loadgen_process(&["once", "--addr", &addr, message]),
+            (0, message.to_string())
+        );
+    }
+    // From standard input too, bytes that are not text included.
+    let bytes: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
+    let mut child = Command::new(loadgen_bin())
+        .args(["once", "--addr", &addr])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the load generator");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let input = bytes.clone();
+    let writer = thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output().expect("once output");
+    writer.join().expect("writer").expect("write stdin");
+    assert_eq!(out.status.code(), Some(0));
+    assert!(out.stdout == bytes, "{} bytes back", out.stdout.len());
 }
 
 #[test]
@@ -181,7 +204,7 @@ fn issue_9_stream_latency_is_measured_or_not_shown() {
 }
 
 #[test]
-fn issue_9_hold_reports_the_held_connections() {
+fn hold_reports_connections_verified_by_echo() {
     let server = Server::start(&[]);
     let addr = server.addr().to_string();
     let hold = [
@@ -201,13 +224,82 @@ fn issue_9_hold_reports_the_held_connections() {
     ];
     let (code, text) = loadgen_process(&hold);
     assert_eq!(code, 0, "{text}");
-    assert!(text.lines().any(|l| l == "held 300"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l == "held 300 (verified by echo), 0 failed, 0 timed out"),
+        "{text}"
+    );
     assert!(text.contains("mode hold conns 300 active 10"), "{text}");
     let (code, line) = loadgen_json(&hold);
     assert_eq!(code, 0, "{line}");
     assert_eq!(json_number(&line, "conns"), 300);
     assert_eq!(json_number(&line, "held"), 300);
+    assert_eq!(json_number(&line, "probes_failed"), 0);
+    assert_eq!(json_number(&line, "probes_timed_out"), 0);
     assert_eq!(json_number(&line, "active"), 10);
+}
+
+/// An echo server that accepts (and echoes on) its first `accepted`
+/// connections and then accepts no more; later connects still complete in
+/// the kernel's queue. The listener lives as long as the returned value.
+fn server_that_stops_accepting(accepted: usize) -> (TcpListener, SocketAddr) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = listener.try_clone().unwrap();
+    thread::spawn(move || {
+        for stream in acceptor.incoming().take(accepted) {
+            let Ok(mut stream) = stream else { return };
+            thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                loop {
+                    let n = match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    if stream.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (listener, addr)
+}
+
+/// A connection the server never accepted is not held, though its connect
+/// completed: only the probes that came back count.
+#[test]
+fn hold_counts_only_connections_whose_probe_is_echoed() {
+    let (_listener, addr) = server_that_stops_accepting(5);
+    let addr = addr.to_string();
+    let hold = [
+        "hold",
+        "--addr",
+        &addr,
+        "-c",
+        "20",
+        "--idle",
+        "0",
+        "--duration",
+        "0.1",
+        "--probe-timeout",
+        "5",
+        "--close",
+        "reset",
+        "--json",
+    ];
+    let (code, stdout) = loadgen_process(&hold);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l == "held 5 (verified by echo), 0 failed, 15 timed out"),
+        "{stdout}"
+    );
+    let line = json_line(&stdout).unwrap_or_default();
+    assert_eq!(json_number(line, "held"), 5, "{line}");
+    assert_eq!(json_number(line, "probes_timed_out"), 15, "{line}");
+    assert_eq!(json_number(line, "conns"), 20, "{line}");
 }
 
 #[test]
@@ -287,4 +379,385 @@ fn the_report_says_which_close_was_used() {
         "0",
     ]);
     assert!(text.contains("closed with fin"), "{text}");
+}
+
+/// Runs the load generator's binary under the shell's `ulimit` commands;
+/// returns its exit code, stdout and stderr.
+fn loadgen_under_ulimit(ulimit: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{ulimit} && exec \"$0\" \"$@\""))
+        .arg(loadgen_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output_within()
+        .expect("run the load generator");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let code = out.status.code().expect("exit code");
+    (code, text(&out.stdout), text(&out.stderr))
+}
+
+#[test]
+fn raises_its_open_files_soft_limit_to_the_hard_limit() {
+    let server = Server::start(&[]);
+    let addr = server.addr().to_string();
+    // 200 connections under a soft limit of 64 (the hard limit is left).
+    let hold = [
+        "hold",
+        "--addr",
+        &addr,
+        "-c",
+        "200",
+        "--idle",
+        "0",
+        "--duration",
+        "0.1",
+    ];
+    let (code, stdout, stderr) = loadgen_under_ulimit("ulimit -S -n 64", &hold);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert_eq!(held_line(&stdout), Some(200), "{stdout}");
+}
+
+#[test]
+fn running_out_of_descriptors_says_so_with_a_ulimit_hint() {
+    let server = Server::start(&[]);
+    let addr = server.addr().to_string();
+    let hold = [
+        "hold",
+        "--addr",
+        &addr,
+        "-c",
+        "200",
+        "--idle",
+        "0",
+        "--duration",
+        "0.1",
+    ];
+    // Soft and hard limit 64: nothing to raise.
+    let (code, stdout, stderr) = loadgen_under_ulimit("ulimit -n 64", &hold);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(stderr.contains("out of file descriptors"), "{stderr}");
+    assert!(stderr.contains("ulimit -n"), "{stderr}");
+}
+
+/// The count on the `held N ...` line the load generator prints in `hold`
+/// mode.
+fn held_line(stdout: &str) -> Option<u64> {
+    let line = stdout.lines().find(|l| l.starts_with("held "))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[test]
+fn each_mode_lists_only_the_options_that_apply_to_it() {
+    let tcp = ["--close", "--threads", "--max-connecting"];
+    for (mode, has, lacks) in [
+        (
+            "pingpong",
+            &["--depth", "--conns"][..],
+            &["--parallel", "--timeout"][..],
+        ),
+        ("stream", &["--conns", "--size"], &["--depth", "--parallel"]),
+        ("churn", &["--parallel", "--size"], &["--conns", "--depth"]),
+        ("hold", &["--active", "--idle"], &["--depth", "--parallel"]),
+        ("udp", &["--timeout", "--sources"], &tcp),
+        ("once", &["--addr"], &["--duration", "--json", "--close"]),
+    ] {
+        let (code, help) = loadgen_process(&[mode, "--help"]);
+        assert_eq!(code, 0, "{mode}: {help}");
+        for option in has {
+            assert!(
+                help.contains(option),
+                "{mode} --help lacks {option}:\n{help}"
+            );
+        }
+        for option in lacks {
+            assert!(
+                !help.contains(option),
+                "{mode} --help lists {option}:\n{help}"
+            );
+        }
+        if mode != "udp" && mode != "once" {
+            for option in tcp {
+                assert!(help.contains(option), "{mode} --help lacks {option}");
+            }
+        }
+    }
+    // An option of another mode is a usage error.
+    assert_eq!(loadgen(&["udp", "--threads", "2"]), 2);
+    assert_eq!(loadgen(&["churn", "--depth", "2"]), 2);
+}
+
+#[test]
+fn churn_reports_connections_per_second() {
+    let server = Server::start(&[]);
+    let addr = server.addr().to_string();
+    let churn = [
+        "churn",
+        "--addr",
+        &addr,
+        "-p",
+        "4",
+        "--duration",
+        "0.3",
+        "--warmup",
+        "0",
+    ];
+    let (code, text) = loadgen_process(&churn);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains(" conns/s, "), "{text}");
+    let (code, line) = loadgen_json(&churn);
+    assert_eq!(code, 0, "{line}");
+    // Each connection is one complete cycle: the same count, per second.
+    assert!(line.contains("\"conns_per_sec\":"), "{line}");
+    assert_eq!(
+        json_float(&line, "conns_per_sec"),
+        json_float(&line, "msgs_per_sec"),
+        "{line}"
+    );
+}
+
+/// The number after `"name":` in the load generator's JSON line, which
+/// may be a fraction.
+fn json_float(json: &str, name: &str) -> f64 {
+    let value: serde_json::Value = serde_json::from_str(json).expect("a JSON line");
+    value[name]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{name} is not a number in {json}"))
+}
+
+// ---------------------------------------------------------------------
+// Open loop (`--rate`).
+
+/// The load generator's JSON line, parsed.
+fn json_value(line: &str) -> serde_json::Value {
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+}
+
+/// Every latency field is there, and they are in order.
+fn assert_percentiles(json: &serde_json::Value) {
+    let fields = [
+        "p50_us", "p90_us", "p99_us", "p999_us", "p9999_us", "max_us",
+    ];
+    let values: Vec<u64> = fields
+        .iter()
+        .map(|f| {
+            json[f]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no {f} in {json}"))
+        })
+        .collect();
+    assert!(values.windows(2).all(|w| w[0] <= w[1]), "{json}");
+}
+
+/// Runs the load generator with `--json` and returns its report, parsed.
+fn open_loop_run(args: &[&str]) -> (i32, serde_json::Value) {
+    let (code, line) = loadgen_json(args);
+    (code, json_value(&line))
+}
+
+#[test]
+fn open_loop_schedules_the_asked_rate_and_verifies_every_byte() {
+    let mut cmd = Command::new(server_bin());
+    cmd.args(["--listen", "127.0.0.1:0", "--udp", "127.0.0.1:0"]);
+    // One `listening on` line each for TCP and UDP.
+    let server = Server::spawn(cmd, 2);
+    let addr = server.addrs[0].to_string();
+    let udp = server.addrs[1].to_string();
+    // 2000 msgs/s for 1 s (after a warm-up that is not counted).
+    for (mode, target) in [("pingpong", &addr), ("pipelined", &addr), ("udp", &udp)] {
+        let args = [
+            mode,
+            "--addr",
+            target,
+            "-c",
+            "10",
+            "--rate",
+            "2000",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.2",
+        ];
+        let (code, json) = open_loop_run(&args);
+        assert_eq!(code, 0, "{mode}: {json}");
+        assert_eq!(json["errors"], 0, "{mode}: {json}");
+        assert_eq!(json["mismatches"], 0, "{mode}: {json}");
+        assert_eq!(json["rate"], 2000.0, "{json}");
+        // The schedule itself: 2000 slots in the window, whatever the load.
+        let scheduled = json["scheduled"].as_u64().unwrap_or(0);
+        assert!((1999..=2001).contains(&scheduled), "{mode}: {json}");
+        let msgs = json["msgs"].as_u64().unwrap_or(0);
+        let sent = json["sent"].as_u64().unwrap_or(0);
+        assert!(msgs > 0 && sent > 0 && sent <= scheduled, "{mode}: {json}");
+        // Either about the asked count went out, or the report says not.
+        let behind = json["behind_schedule"].as_bool().expect("behind_schedule");
+        assert!(
+            behind || sent * 100 >= scheduled * 99 - 100,
+            "{mode}: {json}"
+        );
+        if mode != "udp" {
+            // TCP waits for what it sent: every message sent is echoed.
+            assert!(msgs >= sent, "{mode}: {json}");
+        }
+        assert_eq!(json["latency_samples"], msgs, "{json}");
+        assert!(json["sent_per_sec"].as_f64().is_some(), "{json}");
+        assert_percentiles(&json);
+    }
+}
+
+#[test]
+fn the_report_has_every_percentile_closed_and_open_loop() {
+    let server = Server::start(&[]);
+    let addr = server.addr().to_string();
+    for rate in [None, Some("500")] {
+        let mut args = vec![
+            "pingpong",
+            "--addr",
+            &addr,
+            "-c",
+            "4",
+            "--duration",
+            "0.3",
+            "--warmup",
+            "0",
+        ];
+        args.extend(rate.iter().flat_map(|r| ["--rate", r]));
+        let (code, json) = open_loop_run(&args);
+        assert_eq!(code, 0, "{json}");
+        assert_percentiles(&json);
+        assert_eq!(json["rate"].is_null(), rate.is_none(), "{json}");
+        let (code, text) = loadgen_process(&args);
+        assert_eq!(code, 0, "{text}");
+        for label in ["p50 ", "p90 ", "p99 ", "p99.9 ", "p99.99 ", "max "] {
+            assert!(text.contains(label), "no {label:?} in:\n{text}");
+        }
+        assert_eq!(text.contains("open loop at 500 msgs/s"), rate.is_some());
+    }
+}
+
+/// An echo server (a thread per connection) where every connection, once
+/// the server has echoed `after` bytes in all, holds its next echo back for
+/// `stall`, once.
+fn stalling_server(after: u64, stall: Duration) -> SocketAddr {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let echoed = Arc::new(AtomicU64::new(0));
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let echoed = echoed.clone();
+            thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let mut stalled = false;
+                loop {
+                    let n = match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    if !stalled && echoed.fetch_add(n as u64, Ordering::SeqCst) >= after {
+                        stalled = true;
+                        thread::sleep(stall);
+                    }
+                    if stream.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Coordinated omission: a server that stalls for 300 ms shows it in the
+/// open loop's p99, because every message scheduled during the stall waits
+/// and its latency counts from its schedule. (A closed loop sends nothing
+/// while it waits, so the stall is one sample per connection: its max.)
+#[test]
+fn a_stalled_server_shows_in_the_open_loop_tail() {
+    let stall = Duration::from_millis(300);
+    // Pipelined: each connection sends on schedule whatever is in flight.
+    let addr = stalling_server(50 * 64, stall).to_string();
+    let args = [
+        "pipelined",
+        "--addr",
+        &addr,
+        "-c",
+        "4",
+        "--rate",
+        "2000",
+        "--duration",
+        "2",
+        "--warmup",
+        "0",
+        "--close",
+        "reset",
+    ];
+    let (code, json) = open_loop_run(&args);
+    assert_eq!(code, 0, "{json}");
+    assert_eq!(json["mismatches"], 0, "{json}");
+    // The messages scheduled in the first 100 ms of each connection's
+    // stall (about 10 % of the run) waited at least 200 ms.
+    assert!(json["p99_us"].as_u64().unwrap_or(0) >= 200_000, "{json}");
+    assert_percentiles(&json);
+
+    // Closed loop against the same kind of server: the stall is there, in
+    // the max.
+    let addr = stalling_server(50 * 64, stall).to_string();
+    let args = [
+        "pingpong",
+        "--addr",
+        &addr,
+        "-c",
+        "4",
+        "--duration",
+        "1",
+        "--warmup",
+        "0",
+        "--close",
+        "reset",
+    ];
+    let (code, json) = open_loop_run(&args);
+    assert_eq!(code, 0, "{json}");
+    assert!(json["max_us"].as_u64().unwrap_or(0) >= 300_000, "{json}");
+}
+
+#[test]
+fn an_impossible_rate_is_reported_behind_schedule() {
+    let server = Server::start(&[]);
+    let addr = server.addr().to_string();
+    // A billion messages a second: no generator here sends that.
+    let args = [
+        "pipelined",
+        "--addr",
+        &addr,
+        "-c",
+        "2",
+        "--rate",
+        "1e9",
+        "--duration",
+        "0.3",
+        "--warmup",
+        "0",
+        "--close",
+        "reset",
+    ];
+    let (code, json) = open_loop_run(&args);
+    assert_eq!(code, 0, "{json}");
+    assert_eq!(json["behind_schedule"], true, "{json}");
+    assert_eq!(json["mismatches"], 0, "{json}");
+    let scheduled = json["scheduled"].as_u64().unwrap_or(0);
+    assert!(json["sent"].as_u64().unwrap_or(0) < scheduled, "{json}");
+    let (_, text) = loadgen_process(&args);
+    assert!(text.contains("BEHIND SCHEDULE"), "{text}");
+}
+
+#[test]
+fn rate_is_refused_where_it_does_not_apply_or_is_not_a_rate() {
+    assert_eq!(loadgen(&["stream", "--rate", "100"]), 2);
+    assert_eq!(loadgen(&["churn", "--rate", "100"]), 2);
+    assert_eq!(loadgen(&["pingpong", "--rate", "0"]), 2);
+    assert_eq!(loadgen(&["pingpong", "--rate", "-5"]), 2);
+    assert_eq!(loadgen(&["udp", "--rate", "fast"]), 2);
 }

@@ -14,26 +14,19 @@ use std::time::{Duration, Instant};
 use mio::{Events, Poll};
 use slab::Slab;
 
-use crate::{connect_outcome, Client, PatternTable, Stats};
+use crate::client::{connect_outcome, Client, Stats};
+use crate::pattern::PatternTable;
 
 /// How connections end: at the end of a run, and after each churn cycle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Close {
     /// Shut down sending, read to the server's EOF, close: the server sees
     /// an orderly close.
+    #[default]
     Fin,
     /// SO_LINGER 0, then close: the server sees a reset (an error).
     Reset,
-}
-
-impl Close {
-    /// The name on the command line and in reports.
-    pub fn name(self) -> &'static str {
-        match self {
-            Close::Fin => "fin",
-            Close::Reset => "reset",
-        }
-    }
 }
 
 /// How long a FIN close waits for the server's EOF before it resets.

@@ -5,221 +5,56 @@
 //! a per-connection offset) and checks every echoed byte against it, so a
 //! server that loses, duplicates, reorders or mixes bytes is caught.
 //!
-//! Modes: `pingpong` (N connections, S-byte messages, D in flight), `stream`
-//! (continuous send and receive), `churn` (connect, echo, close, repeat),
-//! `hold` (open N, keep them, K active), `udp` (N sockets ping-pong
-//! datagrams, see `udp.rs`) and `once` (send one message, print the reply).
-//! `tokio-echo` and `tokio-udp-echo` run the tokio peer servers instead. Connections
-//! end as `--close` says: an orderly FIN by default, or a reset.
+//! Modes: `pingpong` (N connections, S-byte messages, D in flight),
+//! `pipelined` (the same with 16 in flight, or open loop sending on
+//! schedule whatever is in flight), `stream` (continuous send and
+//! receive), `churn` (connect, echo, close, repeat), `hold` (open N, verify
+//! each by echo, keep them, K active), `udp` (N sockets ping-pong
+//! datagrams) and `once` (send one message, print the reply). `--rate`
+//! runs `pingpong`, `pipelined` and `udp` open loop (`schedule.rs`).
+//! `tokio-echo` and `tokio-udp-echo` run the tokio peer servers instead.
+//! Connections end as `--close` says: an orderly FIN by default, or a
+//! reset.
+//!
+//! Where things live: `cli.rs` the command line; `plan.rs` what a run does;
+//! `part.rs` one thread's run (open, hold, traffic, close, report) and
+//! `threads.rs` several of them merged; `traffic.rs` the traffic loop,
+//! `pump.rs` one client's pass and `schedule.rs` the open-loop schedule;
+//! `client.rs` a connection's state and opening one; `pattern.rs` the bytes
+//! sent; `hold.rs` the probes and the idle phase; `close.rs` FIN or reset;
+//! `udp.rs` the UDP mode; `report.rs` the report; `progress.rs` the bar;
+//! `sys.rs` the raw OS calls; `once.rs` and `tokio_peer.rs` the smoke test
+//! and the peers.
 
+mod cli;
+mod client;
 mod close;
+mod hold;
 mod once;
+mod part;
+mod pattern;
+mod plan;
+mod progress;
+mod pump;
 mod report;
+mod schedule;
+mod sys;
 mod threads;
-pub mod tokio_peer;
-pub mod udp;
+mod tokio_peer;
+mod traffic;
+mod udp;
 
-use std::collections::VecDeque;
-use std::io::{self, ErrorKind, IsTerminal, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::io;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
-use hdrhistogram::Histogram;
-use mio::net::TcpStream;
-use mio::{Events, Interest, Poll, Token};
-use slab::Slab;
+use clap::Parser;
 
-pub use close::Close;
-pub use report::Report;
+use cli::{Cli, ModeArgs};
+use plan::{Kind, Plan};
+use progress::{Label, Progress};
 
-/// Command line of the load generator.
-#[derive(Debug, Parser)]
-#[command(
-    name = "loadgen",
-    version,
-    about = "Verifying load generator for TCP echo servers, and the tokio peer server",
-    long_about = "Verifying load generator for TCP echo servers, and the tokio peer server.\n\n\
-        Every load mode checks every echoed byte, prints a report (or one JSON \
-        line with --json) and exits 0 on a clean run, 1 on errors or mismatches, \
-        2 on a usage error. Connections end with an orderly FIN by default \
-        (--close fin); the report says which close was used."
-)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub mode: ModeArgs,
-}
-
-/// Options shared by every load mode.
-#[derive(Debug, Clone, clap::Args)]
-pub struct Common {
-    /// Echo server address, as IP:PORT.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7007", value_parser = parse_addr)]
-    pub addr: SocketAddr,
-    /// Seconds to measure (after the warm-up).
-    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
-    pub duration: f64,
-    /// Seconds of traffic before measuring starts.
-    #[arg(long, value_name = "SECS", default_value_t = 0.5)]
-    pub warmup: f64,
-    /// Spread connections over this many source addresses 127.0.0.1, .2, ...
-    /// (each has its own ephemeral ports). Ignored for IPv6 targets.
-    #[arg(long, value_name = "N", default_value_t = 4)]
-    pub sources: u8,
-    /// Most connects in progress at once while opening connections.
-    #[arg(long, value_name = "N", default_value_t = 256)]
-    pub max_connecting: usize,
-    /// How connections end: at the end of the run and after each churn cycle.
-    ///
-    /// `fin` waits up to 5 s for the server's EOF, then resets; the report
-    /// counts closes that ended in a reset or timed out as unclean. `fin`
-    /// leaves this side of each connection in TIME_WAIT for a minute;
-    /// `reset` leaves nothing, for many back-to-back runs.
-    #[arg(long, value_enum, value_name = "HOW", default_value_t = Close::Fin)]
-    pub close: Close,
-    /// Print the result as one JSON line instead of a table.
-    #[arg(long)]
-    pub json: bool,
-    /// Threads, each with its own mio loop and its share of the
-    /// connections (1 to 256); results are merged and every byte is still
-    /// verified. Use it to drive a multi-loop server without becoming the
-    /// bottleneck.
-    #[arg(long, value_name = "N", default_value_t = 1,
-          value_parser = clap::value_parser!(u16).range(1..=256))]
-    pub threads: u16,
-}
-
-/// The subcommands: five load modes and the tokio peer server.
-#[derive(Debug, Subcommand)]
-pub enum ModeArgs {
-    /// N connections each keep D messages of S bytes in flight.
-    ///
-    /// Latency is the time from sending a message to receiving its last
-    /// echoed byte.
-    Pingpong {
-        #[command(flatten)]
-        common: Common,
-        /// Connections.
-        #[arg(long, short = 'c', default_value_t = 100)]
-        conns: usize,
-        /// Message size in bytes.
-        #[arg(long, short = 's', default_value_t = 64)]
-        size: usize,
-        /// Messages in flight per connection (pipeline depth).
-        #[arg(long, short = 'd', default_value_t = 1)]
-        depth: usize,
-    },
-    /// N connections send and receive continuously in S-byte writes.
-    ///
-    /// Each connection keeps at least 1 MiB in flight. Latency is sampled
-    /// one write per connection at a time: from the write to the echo of
-    /// its last byte, so it includes the wait behind what is in flight.
-    Stream {
-        #[command(flatten)]
-        common: Common,
-        /// Connections.
-        #[arg(long, short = 'c', default_value_t = 10)]
-        conns: usize,
-        /// Bytes per write.
-        #[arg(long, short = 's', default_value_t = 65536)]
-        size: usize,
-    },
-    /// P clients each connect, echo S bytes, close, and repeat.
-    ///
-    /// Connections close as --close says. Latency is from the start of the
-    /// connect to the last echoed byte.
-    Churn {
-        #[command(flatten)]
-        common: Common,
-        /// Clients working in parallel.
-        #[arg(long, short = 'p', default_value_t = 50)]
-        parallel: usize,
-        /// Bytes echoed per connection.
-        #[arg(long, short = 's', default_value_t = 64)]
-        size: usize,
-    },
-    /// Open N connections and keep them; then K of them do ping-pong.
-    ///
-    /// Prints `held N` once all are open, stays idle for --idle seconds,
-    /// then K connections do ping-pong for --duration. The report shows N as
-    /// `conns` and K as `active`.
-    Hold {
-        #[command(flatten)]
-        common: Common,
-        /// Connections to open and hold.
-        #[arg(long, short = 'c', default_value_t = 10_000)]
-        conns: usize,
-        /// Connections that do ping-pong once all are open.
-        #[arg(long, short = 'k', default_value_t = 0)]
-        active: usize,
-        /// Seconds to stay idle once all are open.
-        #[arg(long, value_name = "SECS", default_value_t = 1.0)]
-        idle: f64,
-        /// Message size in bytes for the active connections.
-        #[arg(long, short = 's', default_value_t = 64)]
-        size: usize,
-    },
-    /// Send one message, print the reply, exit 1 if it differs.
-    ///
-    /// The message is the argument, or standard input. The printed reply is
-    /// followed by a newline unless it already ends with one; the comparison
-    /// is of the bytes exactly as sent and received. The connection ends
-    /// with a FIN once the message is sent.
-    Once {
-        /// Echo server address, as IP:PORT.
-        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7007", value_parser = parse_addr)]
-        addr: SocketAddr,
-        /// The message; standard input when absent.
-        message: Option<String>,
-    },
-    /// N UDP sockets ping-pong S-byte datagrams, one in flight each.
-    ///
-    /// Every echoed byte is checked (each socket sends its own sequence of
-    /// patterns, so a corrupted, truncated or misdelivered datagram is a
-    /// mismatch). A datagram not echoed within --timeout is counted lost
-    /// and the socket sends the next one (no retransmission). Reports sent,
-    /// echoed, lost, msgs/s and latency; exits 1 on mismatches, socket
-    /// errors or if nothing was echoed. --close and --max-connecting do not
-    /// apply.
-    Udp {
-        #[command(flatten)]
-        common: Common,
-        /// UDP sockets.
-        #[arg(long, short = 'c', default_value_t = 100)]
-        conns: usize,
-        /// Datagram size in bytes (0 to 65527; 65507 over IPv4).
-        #[arg(long, short = 's', default_value_t = 64, value_parser = parse_datagram_size)]
-        size: usize,
-        /// Milliseconds to wait for an echo before counting it lost.
-        #[arg(long, value_name = "MS", default_value_t = 1000)]
-        timeout: u64,
-    },
-    /// Run the tokio peer UDP echo server (what echoloop --udp is compared with).
-    ///
-    /// A tokio current_thread loop on one UdpSocket: receive a datagram,
-    /// send it back. Prints `listening on udp IP:PORT` once bound.
-    TokioUdpEcho {
-        /// Address to bind, as IP:PORT. Port 0 picks a free port.
-        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7008", value_parser = parse_addr)]
-        listen: SocketAddr,
-    },
-    /// Run the tokio peer echo server (what echoloop is compared with).
-    ///
-    /// A tokio current_thread echo server, one task per connection; with
-    /// --threads N above 1, tokio's multi_thread runtime with N workers (the
-    /// peer of `echoloop --threads N`). Prints `listening on IP:PORT` on
-    /// stdout once bound and serves until killed.
-    TokioEcho {
-        /// Address to listen on, as IP:PORT. Port 0 picks a free port.
-        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7008", value_parser = parse_addr)]
-        listen: SocketAddr,
-        /// Worker threads: 1 is the current_thread runtime, more the
-        /// multi_thread runtime with that many workers (up to 256).
-        #[arg(long, value_name = "N", default_value_t = 1,
-              value_parser = clap::value_parser!(u16).range(1..=256))]
-        threads: u16,
-    },
-}
+use close::Close;
+use report::Report;
 
 /// Runs the command line `args` (without the program name) and returns the
 /// process exit code: 0 on a clean run, 1 on errors or mismatches, 2 on a
@@ -232,6 +67,13 @@ pub fn main_with_args<I: IntoIterator<Item = String>>(args: I) -> i32 {
             return if err.use_stderr() { 2 } else { 0 };
         }
     };
+    // Every mode but `once` may open thousands of sockets (the tokio peers
+    // accept them), so each starts with the limit the server gives itself.
+    if !matches!(cli.mode, ModeArgs::Once { .. }) {
+        if let Err(e) = sys::raise_open_files_limit() {
+            eprintln!("loadgen: warning: could not raise the open-files limit: {e}");
+        }
+    }
     let (json, result) = match cli.mode {
         ModeArgs::Once { addr, message } => return once::once(addr, message),
         ModeArgs::TokioEcho { listen, threads } => {
@@ -252,58 +94,7 @@ pub fn main_with_args<I: IntoIterator<Item = String>>(args: I) -> i32 {
                 }
             };
         }
-        ModeArgs::Udp {
-            common,
-            conns,
-            size,
-            timeout,
-        } => {
-            if common.threads > 1 {
-                eprintln!("loadgen: udp: --threads does not apply (udp mode runs on one thread)");
-                return 2;
-            }
-            (
-                common.json,
-                udp::run(&udp::UdpPlan::new(&common, conns, size, timeout)),
-            )
-        }
-        ModeArgs::Pingpong {
-            common,
-            conns,
-            size,
-            depth,
-        } => {
-            let plan = Plan::new(Kind::PingPong, &common, conns, size, depth.max(1));
-            (common.json, threads::run(plan))
-        }
-        ModeArgs::Stream {
-            common,
-            conns,
-            size,
-        } => (
-            common.json,
-            threads::run(Plan::new(Kind::Stream, &common, conns, size, 1)),
-        ),
-        ModeArgs::Churn {
-            common,
-            parallel,
-            size,
-        } => (
-            common.json,
-            threads::run(Plan::new(Kind::Churn, &common, parallel, size, 1)),
-        ),
-        ModeArgs::Hold {
-            common,
-            conns,
-            active,
-            idle,
-            size,
-        } => {
-            let mut plan = Plan::new(Kind::Hold, &common, conns, size, 1);
-            plan.active = active.min(conns);
-            plan.idle = Duration::from_secs_f64(idle.max(0.0));
-            (common.json, threads::run(plan))
-        }
+        mode => run_load(mode),
     };
     match result {
         Ok(report) => {
@@ -321,747 +112,118 @@ pub fn main_with_args<I: IntoIterator<Item = String>>(args: I) -> i32 {
     }
 }
 
-/// A datagram size, 0 to the IPv6 maximum.
-fn parse_datagram_size(text: &str) -> Result<usize, String> {
-    match text.parse::<usize>() {
-        Ok(n) if n <= udp::MAX_UDP_PAYLOAD => Ok(n),
-        _ => Err(format!(
-            "'{text}' is not a datagram size: give 0 to {} (65507 over IPv4)",
-            udp::MAX_UDP_PAYLOAD
-        )),
-    }
-}
-
-/// An IP:PORT argument, with a message that says what is wrong.
-fn parse_addr(text: &str) -> Result<SocketAddr, String> {
-    if let Ok(addr) = text.parse() {
-        return Ok(addr);
-    }
-    // "IP:PORT" whose IP parses but whose port does not: say which part.
-    if let Some((ip, port)) = text.rsplit_once(':') {
-        let ip = ip.trim_start_matches('[').trim_end_matches(']');
-        if ip.parse::<IpAddr>().is_ok() && port.parse::<u64>().is_ok() {
-            return Err(format!("port {port} is out of range (0 to 65535)"));
+/// Runs a load mode; returns whether the report is JSON, and the report.
+fn run_load(mode: ModeArgs) -> (bool, io::Result<Report>) {
+    match mode {
+        ModeArgs::Udp {
+            target,
+            conns,
+            size,
+            timeout,
+            open_loop,
+            timing,
+        } => {
+            let mut plan = udp::UdpPlan::new(&target, &timing, conns, size, timeout);
+            plan.rate = open_loop.rate;
+            let progress = Progress::start(
+                Label {
+                    mode: "udp",
+                    unit: "msgs/s",
+                    conns: 0,
+                    traffic: plan.warmup + plan.duration,
+                },
+                timing.json,
+            );
+            plan.meter = progress.meter();
+            (timing.json, udp::run(&plan))
         }
-    }
-    Err(format!(
-        "'{text}' is not IP:PORT (examples: 127.0.0.1:7007, [::1]:7007)"
-    ))
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    PingPong,
-    Stream,
-    Churn,
-    Hold,
-}
-
-#[derive(Debug, Clone)]
-struct Plan {
-    kind: Kind,
-    addr: SocketAddr,
-    conns: usize,
-    size: usize,
-    depth: usize,
-    active: usize,
-    idle: Duration,
-    warmup: Duration,
-    duration: Duration,
-    sources: u8,
-    max_connecting: usize,
-    close: Close,
-    // Threads to split the connections over, and which share this is.
-    threads: usize,
-    part: usize,
-}
-
-impl Plan {
-    fn new(kind: Kind, c: &Common, conns: usize, size: usize, depth: usize) -> Plan {
-        Plan {
-            kind,
-            addr: c.addr,
-            conns: conns.max(1),
-            size: size.max(1),
+        ModeArgs::Pingpong {
+            target,
+            conns,
+            size,
             depth,
-            active: conns,
-            idle: Duration::ZERO,
-            warmup: Duration::from_secs_f64(c.warmup.max(0.0)),
-            duration: Duration::from_secs_f64(c.duration.max(0.01)),
-            sources: c.sources.max(1),
-            max_connecting: c.max_connecting.max(1),
-            close: c.close,
-            threads: usize::from(c.threads),
-            part: 0,
+            open_loop,
+            timing,
+            connections,
+        } => {
+            let mut plan = Plan::new(Kind::PingPong, &target, &timing, &connections);
+            plan = plan.sized(conns, size, depth.max(1));
+            plan.rate = open_loop.rate;
+            (timing.json, run_with_progress(plan, timing.json))
+        }
+        ModeArgs::Pipelined {
+            target,
+            conns,
+            size,
+            depth,
+            open_loop,
+            timing,
+            connections,
+        } => {
+            let mut plan = Plan::new(Kind::Pipelined, &target, &timing, &connections);
+            plan = plan.sized(conns, size, depth.max(1));
+            plan.rate = open_loop.rate;
+            (timing.json, run_with_progress(plan, timing.json))
+        }
+        ModeArgs::Stream {
+            target,
+            conns,
+            size,
+            timing,
+            connections,
+        } => {
+            let plan =
+                Plan::new(Kind::Stream, &target, &timing, &connections).sized(conns, size, 1);
+            (timing.json, run_with_progress(plan, timing.json))
+        }
+        ModeArgs::Churn {
+            target,
+            parallel,
+            size,
+            timing,
+            connections,
+        } => {
+            let plan =
+                Plan::new(Kind::Churn, &target, &timing, &connections).sized(parallel, size, 1);
+            (timing.json, run_with_progress(plan, timing.json))
+        }
+        ModeArgs::Hold {
+            target,
+            conns,
+            active,
+            idle,
+            size,
+            probe_timeout,
+            timing,
+            connections,
+        } => {
+            let mut plan =
+                Plan::new(Kind::Hold, &target, &timing, &connections).sized(conns, size, 1);
+            plan.active = active.min(conns);
+            plan.idle = Duration::from_secs_f64(idle.max(0.0));
+            plan.probe_timeout = Duration::from_secs_f64(probe_timeout.max(0.0));
+            (timing.json, run_with_progress(plan, timing.json))
+        }
+        ModeArgs::Once { .. } | ModeArgs::TokioEcho { .. } | ModeArgs::TokioUdpEcho { .. } => {
+            unreachable!("not a load mode")
         }
     }
 }
 
-/// The shared random table every connection's byte stream is cut from:
-/// byte `i` of connection `c` is `table[(offset(c) + i) % PERIOD]`. The table
-/// is longer than the period by one maximal chunk, so any chunk is one slice.
-struct PatternTable {
-    table: Vec<u8>,
-}
-
-const PERIOD: usize = (1 << 20) + 7; // not a power of two: chunks drift across it
-const MAX_CHUNK: usize = 256 * 1024;
-
-impl PatternTable {
-    fn new() -> PatternTable {
-        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-        let table = (0..PERIOD + MAX_CHUNK)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect::<Vec<u8>>();
-        // Make the tail repeat the head, so slices wrap seamlessly.
-        let mut table = table;
-        let (head, tail) = table.split_at_mut(PERIOD);
-        tail.copy_from_slice(&head[..MAX_CHUNK]);
-        PatternTable { table }
-    }
-
-    /// `n <= MAX_CHUNK` bytes of the stream starting at `offset + pos`.
-    fn slice(&self, offset: u64, pos: u64, n: usize) -> &[u8] {
-        let start = ((offset + pos) % PERIOD as u64) as usize;
-        &self.table[start..start + n]
-    }
-
-    /// True if `data` is what a connection at `offset` should receive at `pos`.
-    fn matches(&self, offset: u64, pos: u64, data: &[u8]) -> bool {
-        data.chunks(MAX_CHUNK).enumerate().all(|(i, chunk)| {
-            chunk == self.slice(offset, pos + (i * MAX_CHUNK) as u64, chunk.len())
-        })
-    }
-}
-
-struct Client {
-    stream: TcpStream,
-    offset: u64,
-    connected: bool,
-    // Bytes written, bytes we want written by now, bytes echoed back.
-    tx: u64,
-    goal: u64,
-    rx: u64,
-    // When each message in flight was issued (ping-pong and hold).
-    issued: VecDeque<Instant>,
-    started: Instant,
-    active: bool,
-    // Stream mode's latency sample: a write in flight, as the byte count
-    // that completes its echo and when it was written. One at a time.
-    mark: Option<(u64, Instant)>,
-    // Counted as an error or mismatch: closed with a reset.
-    failed: bool,
-    // Sent our FIN (`--close fin`); waiting for the server's EOF.
-    closing: bool,
-}
-
-impl Client {
-    /// Stops traffic on a connection that erred or mismatched.
-    fn fail(&mut self) {
-        self.active = false;
-        self.failed = true;
-    }
-}
-
-struct Stats {
-    msgs: u64,
-    total_msgs: u64,
-    bytes: u64,
-    errors: u64,
-    mismatches: u64,
-    // `--close fin` closes that ended in a reset or timed out.
-    unclean_closes: u64,
-    hist: Histogram<u64>,
-}
-
-/// Runs one load plan (or one thread's share of it) to completion. With a
-/// `gate`, every share opens its connections, then waits for the others
-/// before the traffic starts; the report comes with its latency histogram
-/// so the shares can be merged.
-fn run_part(plan: Plan, gate: Option<&threads::Gate>) -> io::Result<(Report, Histogram<u64>)> {
-    let table = PatternTable::new();
-    let mut poll = Poll::new()?;
-    let mut events = Events::with_capacity(4096);
-    let mut clients: Slab<Client> = Slab::with_capacity(plan.conns);
-    // 64 KiB: stays in L2 while the kernel copies into it and memcmp reads
-    // it back; a 256 KiB buffer made stream runs about 25 % slower here.
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut stats = Stats {
-        msgs: 0,
-        total_msgs: 0,
-        bytes: 0,
-        errors: 0,
-        mismatches: 0,
-        unclean_closes: 0,
-        hist: Histogram::new_with_bounds(1, 60_000_000, 3).map_err(io::Error::other)?,
-    };
-    let mut next_offset: u64 = 0x9E37_79B9;
-    let mut opened = 0usize; // connects started and not failed
-    let mut connected = 0usize;
-    let mut failed_connects = 0u64;
-    // Connects started in all, so churn's new connections rotate over the
-    // source addresses too.
-    let mut opens = 0usize;
-
-    // Phase 1: open the connections, a bounded number of connects at a time.
-    let bar = progress_bar(
-        plan.conns as u64,
-        plan.conns >= 1000 && plan.part == 0,
-        "connecting",
+/// Runs a TCP plan with a progress bar (on a terminal, without `--json`).
+fn run_with_progress(mut plan: Plan, json: bool) -> io::Result<Report> {
+    let progress = Progress::start(
+        Label {
+            mode: plan.kind.name(),
+            unit: match plan.kind {
+                Kind::Churn => "conns/s",
+                _ => "msgs/s",
+            },
+            conns: plan.conns as u64,
+            traffic: plan.warmup + plan.duration,
+        },
+        json,
     );
-    let open_deadline = Instant::now() + Duration::from_secs(120);
-    while connected < plan.conns {
-        while opened < plan.conns && opened - connected < plan.max_connecting {
-            open_one(&poll, &mut clients, &plan, opens, &mut next_offset)?;
-            opened += 1;
-            opens += 1;
-        }
-        if Instant::now() > open_deadline {
-            return Err(io::Error::new(
-                ErrorKind::TimedOut,
-                format!("only {connected} of {} connections opened", plan.conns),
-            ));
-        }
-        poll.poll(&mut events, Some(Duration::from_millis(100)))?;
-        for event in events.iter() {
-            let key = event.token().0;
-            let Some(client) = clients.get_mut(key) else {
-                continue;
-            };
-            if client.connected {
-                continue;
-            }
-            match connect_outcome(&client.stream) {
-                Some(Ok(())) => {
-                    client.connected = true;
-                    connected += 1;
-                }
-                None => {}
-                Some(Err(e)) => {
-                    // Retried: a refused or reset connect under a storm of
-                    // connects is the server's backlog, not a wrong echo.
-                    failed_connects += 1;
-                    if failed_connects > 1000 {
-                        return Err(io::Error::other(format!(
-                            "too many failed connects, last: {e}"
-                        )));
-                    }
-                    close::reset(&poll, &mut clients, key);
-                    opened -= 1;
-                }
-            }
-        }
-        if let Some(bar) = &bar {
-            bar.set_position(connected as u64);
-        }
-    }
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
-    let held = clients.len();
-    let held_all = match gate {
-        Some(gate) => gate.arrive(held)?,
-        None => held,
-    };
-    if plan.kind == Kind::Hold && plan.part == 0 {
-        println!("held {held_all}");
-        let _ = io::stdout().flush();
-        let idle_until = Instant::now() + plan.idle;
-        while Instant::now() < idle_until {
-            poll.poll(
-                &mut events,
-                Some(idle_until.saturating_duration_since(Instant::now())),
-            )?;
-            for event in events.iter() {
-                // An idle connection should hear nothing: EOF is an error.
-                if event.is_read_closed() || event.is_error() {
-                    stats.errors += 1;
-                    if let Some(client) = clients.get_mut(event.token().0) {
-                        client.fail();
-                    }
-                }
-            }
-        }
-    }
-
-    // Phase 2: traffic. Each active client gets its first goal.
-    let now = Instant::now();
-    let active = if plan.kind == Kind::Hold {
-        plan.active
-    } else {
-        clients.len()
-    };
-    for (_, client) in clients.iter_mut().take(active) {
-        client.active = true;
-        client.started = now;
-        issue_initial(client, &plan, now);
-    }
-    let keys: Vec<usize> = clients
-        .iter()
-        .filter(|(_, c)| c.active)
-        .map(|(k, _)| k)
-        .collect();
-    // Clients whose last pass stopped with bytes left to read: no new edge
-    // may come for them, so they get another pass next turn.
-    let mut ready: VecDeque<usize> = VecDeque::new();
-    for key in keys {
-        let pass = pump(
-            key,
-            &mut clients,
-            &table,
-            &mut buf,
-            &plan,
-            &mut stats,
-            false,
-            true,
-            now,
-        );
-        if pass == Pass::Yielded {
-            ready.push_back(key);
-        }
-    }
-    // This turn's work: (client, hung up) from the events, then `ready`.
-    let mut turn: Vec<(usize, bool)> = Vec::with_capacity(4096);
-    let measure_from = Instant::now() + plan.warmup;
-    let measure_until = measure_from + plan.duration;
-    let mut measuring = false;
-    let mut running = true;
-    let drain_deadline = measure_until + Duration::from_secs(10);
-    let total_ms = (plan.warmup + plan.duration).as_millis() as u64;
-    let bar = progress_bar(
-        total_ms,
-        plan.duration >= Duration::from_secs(5) && plan.part == 0,
-        "running",
-    );
-    let traffic_started = Instant::now();
-    loop {
-        let now = Instant::now();
-        if !measuring && now >= measure_from {
-            measuring = true;
-            stats.hist.reset();
-            stats.msgs = 0;
-            stats.bytes = 0;
-        }
-        if running && now >= measure_until {
-            running = false;
-            if let Some(bar) = &bar {
-                bar.finish_and_clear();
-            }
-            // Stop issuing; let what is in flight come back and be verified.
-            for (_, c) in clients.iter_mut() {
-                if plan.kind == Kind::Stream {
-                    c.goal = c.tx;
-                }
-            }
-        }
-        if !running {
-            let outstanding = clients
-                .iter()
-                .any(|(_, c)| c.active && c.connected && c.rx < c.tx);
-            if !outstanding || now >= drain_deadline {
-                break;
-            }
-        }
-        let wait = if ready.is_empty() {
-            Duration::from_millis(50)
-        } else {
-            Duration::ZERO
-        };
-        poll.poll(&mut events, Some(wait))?;
-        let now = Instant::now();
-        turn.clear();
-        turn.extend(
-            events
-                .iter()
-                .map(|e| (e.token().0, e.is_read_closed() || e.is_error())),
-        );
-        // A key may have been reused by a new client since it was queued;
-        // an extra pass costs that client one failed read.
-        turn.extend(ready.drain(..).map(|key| (key, false)));
-        for &(key, hung_up) in &turn {
-            let Some(client) = clients.get_mut(key) else {
-                continue;
-            };
-            if client.closing {
-                // Churn with `--close fin`: waiting for the server's EOF.
-                if close::settle(&poll, &mut clients, key, &table, &mut buf, &mut stats) && running
-                {
-                    open_one(&poll, &mut clients, &plan, opens, &mut next_offset)?;
-                    opens += 1;
-                }
-                continue;
-            }
-            if !client.connected {
-                // Churn: a connect finished (or failed).
-                match connect_outcome(&client.stream) {
-                    Some(Ok(())) => {
-                        client.connected = true;
-                        client.active = true;
-                        issue_initial(client, &plan, now);
-                    }
-                    None => continue,
-                    Some(Err(_)) => {
-                        stats.errors += 1;
-                        close::reset(&poll, &mut clients, key);
-                        if running {
-                            open_one(&poll, &mut clients, &plan, opens, &mut next_offset)?;
-                            opens += 1;
-                        }
-                        continue;
-                    }
-                }
-            }
-            if !client.active {
-                if hung_up {
-                    stats.errors += 1;
-                    close::reset(&poll, &mut clients, key);
-                }
-                continue;
-            }
-            let record = measuring && running;
-            let pass = pump(
-                key,
-                &mut clients,
-                &table,
-                &mut buf,
-                &plan,
-                &mut stats,
-                record,
-                running,
-                now,
-            );
-            if pass == Pass::Yielded {
-                ready.push_back(key);
-            }
-            if pass == Pass::Finished {
-                // Churn: one cycle done; close the connection and, once it
-                // is closed, open another.
-                let closed = close::begin(
-                    &poll,
-                    &mut clients,
-                    key,
-                    plan.close,
-                    &table,
-                    &mut buf,
-                    &mut stats,
-                );
-                if closed && running {
-                    open_one(&poll, &mut clients, &plan, opens, &mut next_offset)?;
-                    opens += 1;
-                }
-            }
-        }
-        if let (Some(bar), true) = (&bar, running) {
-            bar.set_position(now.saturating_duration_since(traffic_started).as_millis() as u64);
-        }
-    }
-    close::all(
-        &mut poll,
-        &mut events,
-        &mut clients,
-        plan.close,
-        &table,
-        &mut buf,
-        &mut stats,
-    )?;
-    let mut report = Report {
-        mode: format!("{:?}", plan.kind).to_lowercase(),
-        conns: plan.conns,
-        active,
-        size: plan.size,
-        depth: plan.depth,
-        seconds: plan.duration.as_secs_f64(),
-        msgs: stats.msgs,
-        bytes: stats.bytes,
-        p50_us: 0,
-        p99_us: 0,
-        p999_us: 0,
-        max_us: 0,
-        latency_samples: 0,
-        errors: stats.errors,
-        mismatches: stats.mismatches,
-        held,
-        total_msgs: stats.total_msgs,
-        close: plan.close,
-        unclean_closes: stats.unclean_closes,
-        sent: 0,
-        lost: 0,
-        late: 0,
-        threads: 1,
-    };
-    report.set_latency(&stats.hist);
-    Ok((report, stats.hist))
-}
-
-/// A progress bar on stderr, only on a terminal and only for long phases.
-fn progress_bar(len: u64, long: bool, what: &'static str) -> Option<indicatif::ProgressBar> {
-    if !io::stderr().is_terminal() || !long {
-        return None;
-    }
-    let bar = indicatif::ProgressBar::new(len);
-    bar.set_message(what);
-    Some(bar)
-}
-
-fn issue_initial(client: &mut Client, plan: &Plan, now: Instant) {
-    match plan.kind {
-        Kind::PingPong | Kind::Hold => {
-            for _ in 0..plan.depth {
-                client.goal += plan.size as u64;
-                client.issued.push_back(now);
-            }
-        }
-        Kind::Stream => client.goal = stream_window(plan),
-        Kind::Churn => {
-            client.goal = plan.size as u64;
-            client.issued.push_back(client.started);
-        }
-    }
-}
-
-/// Stream mode keeps this many bytes beyond what has come back in flight.
-fn stream_window(plan: &Plan) -> u64 {
-    (plan.size as u64 * 4).max(1 << 20)
-}
-
-/// How a pass of [`pump`] ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Pass {
-    /// The socket would block (or the client failed): wait for an event.
-    Blocked,
-    /// [`READS_PER_PASS`] full reads and maybe more to read: pump again
-    /// next turn, since no new edge may come.
-    Yielded,
-    /// Churn: the cycle is complete (or failed); close the connection.
-    Finished,
-}
-
-/// Full reads one pass may do before it yields, so a client whose echoes
-/// never stop coming cannot keep the loop (and the clock checks) to itself.
-const READS_PER_PASS: usize = 16;
-
-/// Writes what is owed and reads what has come back, for one client.
-#[allow(clippy::too_many_arguments)]
-fn pump(
-    key: usize,
-    clients: &mut Slab<Client>,
-    table: &PatternTable,
-    buf: &mut [u8],
-    plan: &Plan,
-    stats: &mut Stats,
-    record: bool,
-    running: bool,
-    now: Instant,
-) -> Pass {
-    let client = &mut clients[key];
-    // A failed client ends a churn cycle; in other modes it just stops.
-    let failed = if plan.kind == Kind::Churn {
-        Pass::Finished
-    } else {
-        Pass::Blocked
-    };
-    // Ping-pong writes every owed message in one call (pipelining, as
-    // redis-benchmark -P does); stream writes S-byte pieces.
-    let chunk = if plan.kind == Kind::Stream {
-        plan.size.min(MAX_CHUNK)
-    } else {
-        MAX_CHUNK
-    };
-    // One pass reads until the socket is empty, then writes what that
-    // owes and returns; a client must not keep the loop to itself, so a
-    // pass that never finds the socket empty stops after READS_PER_PASS.
-    let mut drained = false;
-    for _ in 0..READS_PER_PASS {
-        // Write what we owe.
-        while client.tx < client.goal {
-            let n = ((client.goal - client.tx) as usize).min(chunk);
-            match client
-                .stream
-                .write(table.slice(client.offset, client.tx, n))
-            {
-                Ok(w) => {
-                    client.tx += w as u64;
-                    if plan.kind == Kind::Stream && client.mark.is_none() {
-                        // A fresh clock, not `now`: one pass of a busy
-                        // stream can last long enough to see this echo.
-                        client.mark = Some((client.tx, Instant::now()));
-                    }
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(_) => {
-                    stats.errors += 1;
-                    client.fail();
-                    return failed;
-                }
-            }
-        }
-        if drained {
-            return Pass::Blocked;
-        }
-        // Read what came back.
-        let n = match client.stream.read(buf) {
-            Ok(0) => {
-                stats.errors += 1;
-                client.fail();
-                return failed;
-            }
-            Ok(n) => n,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => return Pass::Blocked,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(_) => {
-                stats.errors += 1;
-                client.fail();
-                return failed;
-            }
-        };
-        if client.rx + n as u64 > client.tx || !table.matches(client.offset, client.rx, &buf[..n]) {
-            stats.mismatches += 1;
-            client.fail();
-            return failed;
-        }
-        let before = client.rx;
-        client.rx += n as u64;
-        if record {
-            stats.bytes += n as u64;
-        }
-        let size = plan.size as u64;
-        match plan.kind {
-            Kind::PingPong | Kind::Hold => {
-                // Each message boundary crossed completes one message.
-                let done = client.rx / size - before / size;
-                stats.total_msgs += done;
-                for _ in 0..done {
-                    if let Some(at) = client.issued.pop_front() {
-                        if record {
-                            stats.msgs += 1;
-                            let _ =
-                                stats.hist.record(
-                                    now.saturating_duration_since(at).as_micros().max(1) as u64,
-                                );
-                        }
-                    }
-                    if running {
-                        client.goal += size;
-                        client.issued.push_back(now);
-                    }
-                }
-            }
-            Kind::Stream => {
-                stats.total_msgs += client.rx / size - before / size;
-                if record {
-                    stats.msgs += client.rx / size - before / size;
-                }
-                if let Some((end, at)) = client.mark {
-                    if client.rx >= end {
-                        client.mark = None;
-                        if record {
-                            let us = at.elapsed().as_micros().max(1);
-                            let _ = stats.hist.record(us as u64);
-                        }
-                    }
-                }
-                if running {
-                    client.goal = client.rx + stream_window(plan);
-                }
-            }
-            Kind::Churn => {
-                if client.rx >= size {
-                    stats.total_msgs += 1;
-                    if record {
-                        stats.msgs += 1;
-                        let _ = stats.hist.record(
-                            now.saturating_duration_since(client.started)
-                                .as_micros()
-                                .max(1) as u64,
-                        );
-                    }
-                    return Pass::Finished;
-                }
-            }
-        }
-        // On Linux a short read means the socket is empty for now; the
-        // echo of what we write next raises a new edge.
-        drained = n < buf.len();
-    }
-    Pass::Yielded
-}
-
-/// Starts one non-blocking connect, from source address 127.0.0.(1 + i % sources).
-fn open_one(
-    poll: &Poll,
-    clients: &mut Slab<Client>,
-    plan: &Plan,
-    i: usize,
-    next_offset: &mut u64,
-) -> io::Result<()> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(
-        Domain::for_address(plan.addr),
-        Type::STREAM,
-        Some(Protocol::TCP),
-    )?;
-    socket.set_nonblocking(true)?;
-    socket.set_nodelay(true)?;
-    if plan.addr.is_ipv4() && plan.addr.ip().is_loopback() && plan.sources > 1 {
-        // Pick the source address but let connect() pick the port, so each
-        // source has the whole ephemeral range per destination.
-        let one: libc::c_int = 1;
-        // SAFETY: setsockopt reads `one` for the given length only.
-        unsafe {
-            libc::setsockopt(
-                std::os::fd::AsRawFd::as_raw_fd(&socket),
-                libc::IPPROTO_IP,
-                libc::IP_BIND_ADDRESS_NO_PORT,
-                &one as *const _ as *const libc::c_void,
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
-        let source = Ipv4Addr::new(127, 0, 0, 1 + (i % plan.sources as usize) as u8);
-        socket.bind(&SocketAddr::new(IpAddr::V4(source), 0).into())?;
-    }
-    match socket.connect(&plan.addr.into()) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-        Err(e) => return Err(e),
-    }
-    let mut stream = TcpStream::from_std(socket.into());
-    let entry = clients.vacant_entry();
-    poll.registry().register(
-        &mut stream,
-        Token(entry.key()),
-        Interest::READABLE | Interest::WRITABLE,
-    )?;
-    *next_offset = next_offset
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    entry.insert(Client {
-        stream,
-        offset: *next_offset % PERIOD as u64,
-        connected: false,
-        tx: 0,
-        goal: 0,
-        rx: 0,
-        issued: VecDeque::new(),
-        started: Instant::now(),
-        active: false,
-        mark: None,
-        failed: false,
-        closing: false,
-    });
-    Ok(())
-}
-
-/// How a non-blocking connect ended: `None` while it is still in progress.
-fn connect_outcome(stream: &TcpStream) -> Option<io::Result<()>> {
-    match stream.take_error() {
-        Ok(None) if stream.peer_addr().is_ok() => Some(Ok(())),
-        Ok(None) => None,
-        Ok(Some(e)) | Err(e) => Some(Err(e)),
-    }
+    plan.meter = progress.meter();
+    threads::run(plan)
 }

@@ -1,7 +1,7 @@
 //! `once`: send one message, print the reply, compare. The first check
 //! users reach for.
 
-use std::io::{self, ErrorKind, Read, Write};
+use std::io::{self, ErrorKind, IsTerminal, Read, Write};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -61,12 +61,12 @@ pub(crate) fn once(addr: SocketAddr, message: Option<String>) -> i32 {
     })();
     match result {
         Ok(reply) => {
-            // The reply, then a newline unless it ends with one: the
-            // shell prompt starts on its own line, and scripts always see
-            // a whole line. The comparison below is of the exact bytes.
+            // Exactly the reply, so `once ... | wc -c` counts what came
+            // back; on a terminal a newline after it (unless it ends with
+            // one), so the prompt starts on its own line.
             let mut out = io::stdout().lock();
             let _ = out.write_all(&reply);
-            if !reply.ends_with(b"\n") {
+            if out.is_terminal() && !reply.ends_with(b"\n") {
                 let _ = out.write_all(b"\n");
             }
             let _ = out.flush();

@@ -14,7 +14,10 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use crate::{run_part, Plan, Report};
+use crate::hold::Held;
+use crate::part::run_part;
+use crate::plan::Plan;
+use crate::Report;
 
 /// How long a share waits for the others to open their connections.
 const GATE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -23,7 +26,9 @@ const GATE_TIMEOUT: Duration = Duration::from_secs(300);
 pub(crate) struct Gate {
     shares: usize,
     arrived: AtomicUsize,
-    held: AtomicUsize,
+    verified: AtomicUsize,
+    failed: AtomicUsize,
+    timed_out: AtomicUsize,
     // A share failed: nobody waits for it.
     aborted: AtomicBool,
 }
@@ -34,8 +39,10 @@ impl Gate {
     ///
     /// # Errors
     /// Another share failed, or they did not all arrive in time.
-    pub(crate) fn arrive(&self, held: usize) -> io::Result<usize> {
-        self.held.fetch_add(held, Ordering::SeqCst);
+    pub(crate) fn arrive(&self, held: Held) -> io::Result<Held> {
+        self.verified.fetch_add(held.verified, Ordering::SeqCst);
+        self.failed.fetch_add(held.failed, Ordering::SeqCst);
+        self.timed_out.fetch_add(held.timed_out, Ordering::SeqCst);
         self.arrived.fetch_add(1, Ordering::SeqCst);
         let deadline = Instant::now() + GATE_TIMEOUT;
         while self.arrived.load(Ordering::SeqCst) < self.shares {
@@ -47,7 +54,11 @@ impl Gate {
             }
             thread::sleep(Duration::from_millis(1));
         }
-        Ok(self.held.load(Ordering::SeqCst))
+        Ok(Held {
+            verified: self.verified.load(Ordering::SeqCst),
+            failed: self.failed.load(Ordering::SeqCst),
+            timed_out: self.timed_out.load(Ordering::SeqCst),
+        })
     }
 }
 
@@ -61,7 +72,9 @@ pub(crate) fn run(plan: Plan) -> io::Result<Report> {
     let gate = Gate {
         shares,
         arrived: AtomicUsize::new(0),
-        held: AtomicUsize::new(0),
+        verified: AtomicUsize::new(0),
+        failed: AtomicUsize::new(0),
+        timed_out: AtomicUsize::new(0),
         aborted: AtomicBool::new(false),
     };
     let results: Vec<io::Result<(Report, Histogram<u64>)>> = thread::scope(|scope| {
@@ -70,6 +83,7 @@ pub(crate) fn run(plan: Plan) -> io::Result<Report> {
                 let mut share = plan.clone();
                 share.part = part;
                 share.conns = split(plan.conns, shares, part);
+                share.first = (0..part).map(|p| split(plan.conns, shares, p)).sum();
                 share.active = split(plan.active, shares, part).min(share.conns);
                 let gate = &gate;
                 scope.spawn(move || {
@@ -103,14 +117,20 @@ pub(crate) fn run(plan: Plan) -> io::Result<Report> {
                 total.errors += report.errors;
                 total.mismatches += report.mismatches;
                 total.held += report.held;
+                total.probes_failed += report.probes_failed;
+                total.probes_timed_out += report.probes_timed_out;
                 total.total_msgs += report.total_msgs;
                 total.unclean_closes += report.unclean_closes;
+                total.scheduled += report.scheduled;
+                total.sent += report.sent;
+                total.max_send_lag_us = total.max_send_lag_us.max(report.max_send_lag_us);
             }
         }
     }
     let (mut report, hist) = merged.ok_or_else(|| io::Error::other("no load thread ran"))?;
     report.threads = shares;
     report.set_latency(&hist);
+    report.judge_schedule();
     Ok(report)
 }
 
