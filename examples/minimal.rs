@@ -13,8 +13,8 @@
 //! busy, and Ctrl-C drops every connection mid-echo.
 //!
 //! Watch it go wrong: with it running (`cargo run --release --example minimal`),
-//! `cargo run --release -p echoloop-loadgen -- hold --addr 127.0.0.1:7007 -c 1000 --idle 600 &`
-//! holds 1,000 idle clients; `ls /proc/$(pgrep -x minimal)/fd | wc -l` counts
+//! `cargo run --release -p echoloop-loadgen -- hold --addr 127.0.0.1:7007 -c 100 --idle 600 &`
+//! holds 100 idle clients; `ls /proc/$(pgrep -x minimal)/fd | wc -l` counts
 //! a descriptor for each until the load generator quits.
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr};
