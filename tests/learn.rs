@@ -182,6 +182,26 @@ fn minimal_echoes_a_large_transfer_exactly() {
 }
 
 #[test]
+fn minimal_echoes_every_byte_over_50_connections_at_once() {
+    let server = start_example("minimal");
+    // Each client streams its own pattern in chunks from 1 byte to 256 KiB
+    // and reads concurrently, so the loop juggles short writes, pending
+    // bytes and backpressure for many connections at once.
+    let clients: Vec<_> = (0..50u64)
+        .map(|i| {
+            let addr = server.addr();
+            let total = 200_000 + i as usize;
+            let sizes = [1, 1000, 100_000, 262_144];
+            thread::spawn(move || (total, echo_verified(connect(addr), i, total, &sizes)))
+        })
+        .collect();
+    for c in clients {
+        let (total, echoed) = c.join().expect("client");
+        assert_eq!(echoed, total);
+    }
+}
+
+#[test]
 fn minimal_flushes_every_byte_then_fin_after_a_half_close() {
     let server = start_example("minimal");
     // Small messages: the FIN often arrives with the data.
