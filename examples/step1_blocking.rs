@@ -13,10 +13,10 @@
 //! connect succeeds (the kernel queues it in the listen backlog) but its
 //! bytes are not echoed until the first client leaves.
 //!
-//! Watch it go wrong: with it running (`cargo run --example step1_blocking`),
+//! Watch it go wrong: with it running (`cargo run --release --example step1_blocking`),
 //! hold one connection for ten seconds and start a client two seconds in:
-//! `cargo run --release -p echoloop-loadgen -- hold --addr 127.0.0.1:7007 -c 1 --idle 10 --duration 0 & sleep 2; cargo run --example client`
-//! prints `Hello, world` only when the held connection leaves, eight
+//! `cargo run --release -p echoloop-loadgen -- hold --addr 127.0.0.1:7007 -c 1 --idle 10 --duration 0 & sleep 2; cargo run --release --example client`
+//! prints `Hello, world` only when the held connection leaves, about eight
 //! seconds later.
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
