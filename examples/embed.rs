@@ -39,7 +39,8 @@ const SIGNALS: Token = Token(2);
 const ECHO_BASE: Token = Token(3);
 const TICK: Duration = Duration::from_secs(1);
 
-const USAGE: &str = "usage: embed [--listen IP:PORT] [--udp IP:PORT]";
+const USAGE: &str =
+    "usage: embed [--listen IP:PORT] [--udp IP:PORT] (defaults 127.0.0.1:7007 and 127.0.0.1:0)";
 
 /// The command line: where the echo server and the host's UDP socket listen.
 struct Args {
@@ -55,7 +56,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(msg) => {
-            eprintln!("embed: {msg}\n{USAGE}");
+            eprintln!("embed: {msg}; {USAGE}");
             return ExitCode::from(2);
         }
     };

@@ -1,19 +1,34 @@
-//! Step 4 of docs/learn.md: the smallest correct echo loop (mio and slab).
-//! Adds what step 3 lost: unwritten bytes wait, in order, for WRITABLE, and
-//! nothing is read meanwhile (backpressure); half-close. Still wrong: it
-//! trusts clients (no limits, fairness, deadlines, shutdown; src/ has them):
-//! `cargo run --release -p echoloop-loadgen -- hold --addr 127.0.0.1:7007 -c 1000 --idle 600`
-//! holds 1000 idle descriptors until it quits. Run: `cargo run --example minimal`.
+//! Step 4 of the learner's path (docs/learn.md): the smallest correct
+//! readiness loop, with mio and a slab and nothing else.
+//!
+//! What it adds: what step 3 lost. Bytes a write did not take wait in
+//! `Conn::pending`, in order; meanwhile the loop reads nothing more from that
+//! client (backpressure) and asks for WRITABLE instead of READABLE. The
+//! client's FIN is answered with ours once all is echoed (half-close).
+//! Accept runs until WouldBlock and is retried when it fails. Each accept
+//! and close is printed on stderr, so you can watch the loop.
+//!
+//! What is still wrong: it trusts its clients. Nothing bounds how many may
+//! connect, how long one may stay idle or how long one may keep the loop
+//! busy, and Ctrl-C drops every connection mid-echo.
+//!
+//! Watch it go wrong: with it running (`cargo run --release --example minimal`),
+//! `cargo run --release -p echoloop-loadgen -- hold --addr 127.0.0.1:7007 -c 100 --idle 600 &`
+//! holds 100 idle clients; `ls /proc/$(pgrep -x minimal)/fd | wc -l` counts
+//! a descriptor for each until the load generator quits.
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr};
+use std::process::exit;
 use std::time::Duration;
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Registry, Token};
 use slab::Slab;
 
-// Connections use their slab key as token; the listener, a key no slab uses.
-const LISTENER: Token = Token(usize::MAX - 1);
+const USAGE: &str = "usage: minimal [--listen IP:PORT] (default 127.0.0.1:7007)";
+
+// A connection's token is its slab key; the listener's, a key no slab reaches.
+const LISTENER: Token = Token(usize::MAX);
 
 struct Conn {
     stream: TcpStream,
@@ -23,99 +38,121 @@ struct Conn {
 }
 
 fn main() {
-    if let Err(e) = run() {
+    let addr = listen_addr();
+    if let Err(e) = run(addr) {
         eprintln!("minimal: {e}");
-        std::process::exit(1);
+        exit(1);
     }
 }
 
-fn run() -> io::Result<()> {
+fn run(addr: SocketAddr) -> io::Result<()> {
     let mut poll = Poll::new()?;
-    let registry = poll.registry().try_clone()?;
-    let mut listener = TcpListener::bind(listen_arg()?)?;
-    registry.register(&mut listener, LISTENER, Interest::READABLE)?;
-    println!("listening on {}", listener.local_addr()?); // a line: flushed
-    let (mut conns, mut events) = (Slab::<Conn>::new(), Events::with_capacity(256));
-    let mut buf = vec![0u8; 64 * 1024]; // one read buffer for every connection
-    let mut accept_due = false; // the listener is ready, or accept failed
+    let mut events = Events::with_capacity(256);
+    let mut listener =
+        TcpListener::bind(addr).map_err(|e| io::Error::new(e.kind(), format!("{addr}: {e}")))?;
+    poll.registry()
+        .register(&mut listener, LISTENER, Interest::READABLE)?;
+    println!("listening on {}", listener.local_addr()?); // a whole line: flushed
+    let mut conns = Slab::new();
+    let mut buf = vec![0u8; 64 * 1024]; // one read buffer, lent to each connection
+    let mut accept_due = false; // clients may be waiting in the listener's queue
     loop {
-        // Out of descriptors, accept fails and the clients still queued raise
-        // no event: retry after every turn (a closed connection frees one),
-        // at least every 100 ms. src/server/accept.rs backs off 10 ms to 1 s instead.
-        let timeout = accept_due.then(|| Duration::from_millis(100));
+        // Out of descriptors, accept fails, and the clients still queued
+        // raise no new event: retry after every turn (a closed connection
+        // frees a descriptor) and at least every 100 ms.
+        let timeout = accept_due.then_some(Duration::from_millis(100));
         match poll.poll(&mut events, timeout) {
+            Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            other => other?,
+            Err(e) => return Err(e),
         }
         for event in events.iter() {
-            let (token, key) = (event.token(), event.token().0);
-            // Events are hints: skip one for a connection closed earlier in
-            // this batch (only accept reuses keys, and it runs after it).
-            let Some(conn) = conns.get_mut(key) else {
-                accept_due |= token == LISTENER; // a key no slab uses
-                continue;
-            };
-            let was_writing = !conn.pending.is_empty();
-            let mut keep = drive(conn, &mut buf).unwrap_or(false);
-            // WRITABLE only while bytes wait, or idle sockets wake us for
-            // nothing; re-register only on a change, as it costs a syscall.
-            let writing = !conn.pending.is_empty();
-            if keep && writing != was_writing {
-                let want = match writing {
-                    true => Interest::WRITABLE,
-                    false => Interest::READABLE,
-                };
-                keep = registry.reregister(&mut conn.stream, token, want).is_ok();
-            }
-            if !keep {
-                // Finished or failed: deregister, then drop (close) the socket.
-                let _ = registry.deregister(&mut conns.remove(key).stream);
+            if event.token() == LISTENER {
+                // Accept after the batch: a key freed in this batch must not
+                // go to a new client while events for the old one follow.
+                accept_due = true;
+            } else {
+                let key = event.token().0;
+                serve(key, &mut conns, &mut buf, poll.registry());
             }
         }
         if accept_due {
-            accept_due = accept(&listener, &mut conns, &registry).is_err();
+            accept_due = accept(&listener, &mut conns, poll.registry()).is_err();
         }
     }
 }
 
-/// Accepts until WouldBlock: one edge may stand for many waiting clients.
+/// Accepts until WouldBlock: one event may stand for many waiting clients.
 fn accept(listener: &TcpListener, conns: &mut Slab<Conn>, registry: &Registry) -> io::Result<()> {
     loop {
-        match listener.accept() {
-            Ok((mut stream, _)) => {
-                let entry = conns.vacant_entry();
-                registry.register(&mut stream, Token(entry.key()), Interest::READABLE)?;
-                let pending = Vec::new(); // allocates nothing until used
-                entry.insert(Conn { stream, pending });
-            }
+        let (mut stream, peer) = match listener.accept() {
+            Ok(accepted) => accepted,
             Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e), // e.g. EMFILE: out of descriptors
-        }
+            Err(e) => return Err(e), // e.g. EMFILE: out of file descriptors
+        };
+        let entry = conns.vacant_entry();
+        registry.register(&mut stream, Token(entry.key()), Interest::READABLE)?;
+        eprintln!("accepted {peer} as connection {}", entry.key());
+        let pending = Vec::new(); // allocates nothing until bytes wait
+        entry.insert(Conn { stream, pending });
     }
 }
 
-/// Echoes all it can now. Ok(true) keeps the connection, Ok(false) ends it.
+/// Handles an event of connection `key`: echoes all it can, asks for the
+/// readiness it needs next, and closes it once it is finished or failed.
+fn serve(key: usize, conns: &mut Slab<Conn>, buf: &mut [u8], registry: &Registry) {
+    // Events are hints: this one may be for a connection closed earlier in
+    // this batch (its key is not reused before the batch ends).
+    let Some(conn) = conns.get_mut(key) else {
+        return;
+    };
+    let was_writing = !conn.pending.is_empty();
+    let mut open = drive(conn, buf).unwrap_or(false); // an error closes this one only
+    let writing = !conn.pending.is_empty();
+    if open && writing != was_writing {
+        // WRITABLE only while bytes wait, or every idle socket would wake the
+        // loop; re-register only on a change, as each costs a system call.
+        let interest = if writing {
+            Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        open = registry
+            .reregister(&mut conn.stream, Token(key), interest)
+            .is_ok();
+    }
+    if !open {
+        // Deregister, then drop the socket, which closes it.
+        let mut conn = conns.remove(key);
+        let _ = registry.deregister(&mut conn.stream);
+        eprintln!("closed connection {key}");
+    }
+}
+
+/// Echoes all it can now: writes what waits, then reads until WouldBlock.
+/// Ok(true) while the connection stays open, Ok(false) once it is finished.
 fn drive(conn: &mut Conn, buf: &mut [u8]) -> io::Result<bool> {
     loop {
         // 1. Write back what waits, oldest first. A non-blocking write may
         //    take part of it or none; what it did not take stays, in order.
         while !conn.pending.is_empty() {
             match conn.stream.write(&conn.pending) {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
                 Ok(n) => drop(conn.pending.drain(..n)),
-                // The peer's window is full: wait for WRITABLE, read no more.
+                // The client's window is full: wait for WRITABLE, read no more.
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(true),
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
         }
         // 2. Read until WouldBlock: edge-triggered readiness will not remind
-        //    us of bytes left in the socket. (src/ writes straight from the
-        //    shared buffer and copies only what the socket did not take.)
+        //    us of bytes left in the socket.
         match conn.stream.read(buf) {
             Ok(0) => {
-                // FIN: the peer sends no more but may still read. All it sent
-                // is written back (we read only when nothing waits): our FIN.
+                // The client's FIN: it sends no more but may still read. All
+                // it sent is written back (we read only when nothing waits),
+                // so answer with our FIN.
                 conn.stream.shutdown(Shutdown::Write)?;
                 return Ok(false);
             }
@@ -127,14 +164,25 @@ fn drive(conn: &mut Conn, buf: &mut [u8]) -> io::Result<bool> {
     }
 }
 
-/// `[--listen] IP:PORT`, by default 127.0.0.1:7007.
-fn listen_arg() -> io::Result<SocketAddr> {
-    let args = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
-    let text = match args.strip_prefix("--listen ").unwrap_or(&args) {
-        "" => "127.0.0.1:7007",
-        text => text,
+/// The address from `[--listen IP:PORT]`. `--help` prints the usage and
+/// exits 0; a bad argument prints one line and exits 2.
+fn listen_addr() -> SocketAddr {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let text = match args[..] {
+        [] => "127.0.0.1:7007",
+        ["-h" | "--help"] => {
+            println!("{USAGE}");
+            exit(0);
+        }
+        ["--listen", text] => text,
+        _ => usage_error(&format!("unexpected '{}'", args.join(" "))),
     };
-    let usage = format!("'{text}' is not IP:PORT (usage: minimal [--listen] IP:PORT)");
-    let bad = io::Error::new(ErrorKind::InvalidInput, usage);
-    text.parse().map_err(|_| bad)
+    text.parse()
+        .unwrap_or_else(|_| usage_error(&format!("'{text}' is not IP:PORT")))
+}
+
+fn usage_error(message: &str) -> ! {
+    eprintln!("minimal: {message}; {USAGE}");
+    exit(2);
 }

@@ -1,33 +1,38 @@
-//! Step 1 of the learner's path (docs/learn.md): the beginner article's
-//! echo server, in Rust.
+//! Step 1 of the learner's path (docs/learn.md): the echo server of Real
+//! Python's "Socket Programming in Python (Guide)", in Rust.
 //!
-//! What it adds: the whole job in a dozen lines. Bind, accept a client, then
-//! `read` up to 1024 bytes and `write_all` them back until `read` returns 0
-//! (the client closed its side). Blocking calls: each one waits until it
-//! can finish, so the code reads top to bottom like the protocol.
+//! What it adds: the echo itself, in a dozen lines. Bind, accept a
+//! client, then `read` up to 1024 bytes and `write_all` them back until
+//! `read` returns 0 (the client closed its side). Blocking calls: each one
+//! waits until it can finish, so the code reads top to bottom like the
+//! protocol. The article's server exits after its one client; this one
+//! accepts the next.
 //!
 //! What is still wrong: one client at a time. While the loop is inside
 //! `serve` for the first client, nobody calls `accept`; a second client's
 //! connect succeeds (the kernel queues it in the listen backlog) but its
 //! bytes are not echoed until the first client leaves.
 //!
-//! Watch it go wrong: with it running (`cargo run --example step1_blocking`),
-//! keep one client connected for ten seconds and start a second:
-//! `cargo run --release -p echoloop-loadgen -- hold --addr 127.0.0.1:8888 -c 1 --idle 10 & sleep 2; cargo run --example client`
-//! prints `Hello, world` only when the held connection leaves.
+//! Watch it go wrong: with it running (`cargo run --release --example step1_blocking`),
+//! hold one connection for ten seconds and start a client two seconds in:
+//! `cargo run --release -p echoloop-loadgen -- hold --addr 127.0.0.1:7007 -c 1 --idle 10 --duration 0 & sleep 2; cargo run --release --example client`
+//! prints `Hello, world` only when the held connection leaves, about eight
+//! seconds later.
 use std::io::{self, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::exit;
+
+const USAGE: &str = "usage: step1_blocking [--listen IP:PORT] (default 127.0.0.1:7007)";
 
 fn main() {
-    if let Err(e) = run() {
+    let addr = listen_addr();
+    if let Err(e) = run(addr) {
         eprintln!("step1_blocking: {e}");
-        std::process::exit(1);
+        exit(1);
     }
 }
 
-fn run() -> io::Result<()> {
-    let addr = std::env::args().nth(1);
-    let addr = addr.as_deref().unwrap_or("127.0.0.1:8888");
+fn run(addr: SocketAddr) -> io::Result<()> {
     let listener =
         TcpListener::bind(addr).map_err(|e| io::Error::new(e.kind(), format!("{addr}: {e}")))?;
     println!("listening on {}", listener.local_addr()?);
@@ -51,4 +56,27 @@ fn serve(mut stream: TcpStream) -> io::Result<()> {
         }
         stream.write_all(&buf[..n])?; // waits until the kernel took all of it
     }
+}
+
+/// The address from `[--listen IP:PORT]`. `--help` prints the usage and
+/// exits 0; a bad argument prints one line and exits 2.
+fn listen_addr() -> SocketAddr {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let text = match args[..] {
+        [] => "127.0.0.1:7007",
+        ["-h" | "--help"] => {
+            println!("{USAGE}");
+            exit(0);
+        }
+        ["--listen", text] => text,
+        _ => usage_error(&format!("unexpected '{}'", args.join(" "))),
+    };
+    text.parse()
+        .unwrap_or_else(|_| usage_error(&format!("'{text}' is not IP:PORT")))
+}
+
+fn usage_error(message: &str) -> ! {
+    eprintln!("step1_blocking: {message}; {USAGE}");
+    exit(2);
 }

@@ -21,31 +21,32 @@
 //!
 //! Watch it go wrong: start it (`cargo run --release --example step3_broken`),
 //! then send 64 MiB through it with the load generator, which checks the echo:
-//! `head -c 64M /dev/urandom | cargo run --release -p echoloop-loadgen -- once --addr 127.0.0.1:8888 | wc -c`
+//! `head -c 64M /dev/urandom | cargo run --release -p echoloop-loadgen -- once --addr 127.0.0.1:7007 | wc -c`
 //! prints fewer than 67108864 bytes and `loadgen: reply differs: sent 67108864 bytes, got ...`.
 use std::collections::HashMap;
 use std::io::{self, ErrorKind, Read, Write};
+use std::net::SocketAddr;
+use std::process::exit;
 
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 
 const LISTENER: Token = Token(0);
 
+const USAGE: &str = "usage: step3_broken [--listen IP:PORT] (default 127.0.0.1:7007)";
+
 fn main() {
-    if let Err(e) = run() {
+    let addr = listen_addr();
+    if let Err(e) = run(addr) {
         eprintln!("step3_broken: {e}");
-        std::process::exit(1);
+        exit(1);
     }
 }
 
-fn run() -> io::Result<()> {
-    let text = std::env::args().nth(1);
-    let text = text.as_deref().unwrap_or("127.0.0.1:8888");
-    let addr = text
-        .parse()
-        .map_err(|_| io::Error::new(ErrorKind::InvalidInput, format!("'{text}' is not IP:PORT")))?;
+fn run(addr: SocketAddr) -> io::Result<()> {
     let mut poll = Poll::new()?;
-    let mut listener = TcpListener::bind(addr)?;
+    let mut listener =
+        TcpListener::bind(addr).map_err(|e| io::Error::new(e.kind(), format!("{addr}: {e}")))?;
     poll.registry()
         .register(&mut listener, LISTENER, Interest::READABLE)?;
     println!("listening on {}", listener.local_addr()?);
@@ -106,4 +107,27 @@ fn run() -> io::Result<()> {
             }
         }
     }
+}
+
+/// The address from `[--listen IP:PORT]`. `--help` prints the usage and
+/// exits 0; a bad argument prints one line and exits 2.
+fn listen_addr() -> SocketAddr {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let text = match args[..] {
+        [] => "127.0.0.1:7007",
+        ["-h" | "--help"] => {
+            println!("{USAGE}");
+            exit(0);
+        }
+        ["--listen", text] => text,
+        _ => usage_error(&format!("unexpected '{}'", args.join(" "))),
+    };
+    text.parse()
+        .unwrap_or_else(|_| usage_error(&format!("'{text}' is not IP:PORT")))
+}
+
+fn usage_error(message: &str) -> ! {
+    eprintln!("step3_broken: {message}; {USAGE}");
+    exit(2);
 }

@@ -1,5 +1,5 @@
-//! Embedding: echo servers as guests in a host's `mio::Poll`, and the two
-//! examples run as processes.
+//! Embedding: echo servers as guests in a host's `mio::Poll`, and
+//! examples/embed run as a process.
 
 mod common;
 
@@ -336,56 +336,6 @@ fn issue_9_the_embed_example_shuts_down_gracefully_on_sigterm() {
         thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "{status}");
-}
-
-fn start_minimal() -> Server {
-    let mut cmd = Command::new(example_bin("minimal"));
-    cmd.args(["--listen", "127.0.0.1:0"]);
-    Server::spawn(cmd, 1)
-}
-
-#[test]
-fn the_minimal_example_echoes_every_byte_over_many_connections() {
-    let server = start_minimal();
-    let clients: Vec<_> = (0..50u64)
-        .map(|i| {
-            let addr = server.addr();
-            thread::spawn(move || {
-                echo_verified(
-                    connect(addr),
-                    i,
-                    200_000 + i as usize,
-                    &[1, 1000, 100_000, 262_144],
-                )
-            })
-        })
-        .collect();
-    for c in clients {
-        assert!(c.join().unwrap() >= 200_000);
-    }
-    assert_eq!(
-        echo_verified(connect(server.addr()), 9, 16 << 20, &[65536]),
-        16 << 20
-    );
-}
-
-#[test]
-fn the_minimal_example_flushes_before_its_fin() {
-    let server = start_minimal();
-    let mut stream = connect(server.addr());
-    let total = 2 << 20;
-    let writer = stream.try_clone().unwrap();
-    let sender = thread::spawn(move || {
-        let mut writer = writer;
-        let mut data = vec![0u8; total];
-        Pattern::new(4).fill(&mut data);
-        writer.write_all(&data).unwrap();
-        finish_sending(&writer);
-    });
-    thread::sleep(Duration::from_millis(200));
-    assert_eq!(read_verified(&stream, 4, total), total);
-    sender.join().unwrap();
-    assert!(read_to_end(&mut stream).is_empty());
 }
 
 /// Runs examples/embed on ports 0 with standard input piped (kept open) and
