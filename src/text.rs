@@ -17,7 +17,7 @@ pub fn plural(n: usize, noun: &str) -> String {
 pub fn human_duration(d: Duration) -> String {
     if d.is_zero() {
         "0 s".to_string()
-    } else if d < Duration::from_secs(1) && d.subsec_nanos() % 1_000_000 == 0 {
+    } else if d < Duration::from_secs(1) && d.subsec_nanos().is_multiple_of(1_000_000) {
         format!("{} ms", d.as_millis())
     } else {
         format!("{} s", d.as_secs_f64())

@@ -38,7 +38,7 @@ fn corrupting_server(every: usize) -> SocketAddr {
                     };
                     for b in &mut buf[..n] {
                         seen += 1;
-                        if seen % every == 0 {
+                        if seen.is_multiple_of(every) {
                             *b ^= 0x5A;
                         }
                     }

@@ -375,18 +375,21 @@ pub fn embedded_server(
 }
 
 /// One turn of a host loop that runs only `server`: poll for up to
-/// `timeout`, hand every event to the server, then its deadlines.
+/// `timeout`, hand the events to the server, then its deadlines. A poll
+/// interrupted by a signal is an empty turn.
 pub fn host_turn(
     server: &mut echoloop::EchoServer,
     poll: &mut mio::Poll,
     events: &mut mio::Events,
     timeout: Duration,
 ) {
-    poll.poll(events, Some(timeout)).unwrap();
-    let now = Instant::now();
-    for event in events.iter() {
-        server.handle_event(poll.registry(), event, now).unwrap();
+    match poll.poll(events, Some(timeout)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => events.clear(),
+        Err(e) => panic!("poll: {e}"),
     }
+    let now = Instant::now();
+    server.handle_events(poll.registry(), events, now).unwrap();
     server.handle_timeout(poll.registry(), now).unwrap();
 }
 
