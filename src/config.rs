@@ -58,6 +58,12 @@ pub struct Config {
     /// victim, and starves loops through us. Default: off (a loopback
     /// benchmark reaches tens of thousands per source).
     pub udp_rate_limit: Option<u32>,
+    /// Connections at once from one source: one IPv4 address, or one IPv6
+    /// /64 prefix (what one host or one customer usually has). One more is
+    /// accepted and reset at once and counted as `rejected_per_source`; its
+    /// slot comes back when a connection of that source closes. Default:
+    /// off. At most [`Config::MAX_CONNECTIONS`].
+    pub max_per_source: Option<usize>,
 }
 
 impl Config {
@@ -138,6 +144,15 @@ impl Config {
             ));
         }
         if self
+            .max_per_source
+            .is_some_and(|n| n == 0 || n > Config::MAX_CONNECTIONS)
+        {
+            return Err(ConfigError::new(
+                "max_per_source",
+                format!("must be from 1 to {}", Config::MAX_CONNECTIONS),
+            ));
+        }
+        if self
             .idle_timeout
             .is_some_and(|t| t.is_zero() || t > Config::MAX_IDLE_TIMEOUT)
         {
@@ -192,6 +207,7 @@ impl Default for Config {
             idle_timeout: None,
             shutdown_timeout: Config::DEFAULT_SHUTDOWN_TIMEOUT,
             udp_rate_limit: None,
+            max_per_source: None,
         }
     }
 }
@@ -253,7 +269,7 @@ mod tests {
     #[test]
     fn every_bad_value_names_its_field() {
         type Spoil = fn(&mut Config);
-        let cases: [(&str, Spoil); 9] = [
+        let cases: [(&str, Spoil); 10] = [
             ("max_pending", |c| c.max_pending = 0),
             ("read_buffer", |c| {
                 c.read_buffer = Config::MAX_READ_BUFFER + 1
@@ -269,6 +285,7 @@ mod tests {
                 c.shutdown_timeout = Duration::from_secs(86_401)
             }),
             ("udp_rate_limit", |c| c.udp_rate_limit = Some(0)),
+            ("max_per_source", |c| c.max_per_source = Some(0)),
         ];
         for (field, spoil) in cases {
             let mut config = Config::default();

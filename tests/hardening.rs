@@ -226,3 +226,84 @@ fn an_accept_storm_does_not_stop_established_clients() {
         "the per-turn accept limit never engaged"
     );
 }
+
+/// A connection from `source` (an address of 127.0.0.0/8) to `server`.
+fn connect_from(source: &str, server: std::net::SocketAddr) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let from: std::net::SocketAddr = format!("{source}:0").parse().unwrap();
+    socket.bind(&from.into()).unwrap();
+    socket.connect(&server.into()).unwrap();
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream
+}
+
+/// True if the server echoed a byte on `stream`; false if it reset it (a
+/// refused connection is reset, never given an orderly FIN).
+fn served(stream: &mut TcpStream) -> bool {
+    // A reset that arrived first fails the write (and a read after that
+    // would see only EOF).
+    if let Err(e) = stream.write_all(b"?") {
+        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+        return false;
+    }
+    let mut byte = [0u8; 1];
+    match stream.read(&mut byte) {
+        Ok(1) => true,
+        Ok(n) => panic!("read {n} bytes: a refused connection must be reset, not closed"),
+        Err(e) => {
+            assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+            false
+        }
+    }
+}
+
+#[test]
+fn one_source_cannot_take_more_than_max_per_source() {
+    let server = Server::start(&["--max-per-source", "2"]);
+    let addr = server.addr();
+    let mut first: Vec<TcpStream> = (0..2).map(|_| connect_from("127.0.0.2", addr)).collect();
+    for c in &mut first {
+        assert!(served(c), "a connection under the limit was refused");
+    }
+    let mut third = connect_from("127.0.0.2", addr);
+    assert!(!served(&mut third), "a third connection from one source");
+    // Another source has its own slots.
+    let mut others: Vec<TcpStream> = (0..2).map(|_| connect_from("127.0.0.3", addr)).collect();
+    for c in &mut others {
+        assert!(served(c), "another source was refused");
+    }
+    // A close gives the source its slot back (the close is seen a moment
+    // after ours: try until served, bounded).
+    drop(first.pop());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut again = connect_from("127.0.0.2", addr);
+        if served(&mut again) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot never came back"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    fresh_stats(&server);
+    assert!(counter(&server, "rejected_per_source") >= 1);
+    assert_eq!(counter(&server, "rejected"), 0);
+}
+
+#[test]
+fn max_per_source_is_exact_over_several_loops() {
+    let server = Server::start(&["--threads", "2", "--max-per-source", "5"]);
+    let addr = server.addr();
+    // Twenty connections from one source, which the kernel spreads over
+    // both loops: exactly five are served, whatever the spread.
+    let mut clients: Vec<TcpStream> = (0..20).map(|_| connect_from("127.0.0.4", addr)).collect();
+    let served_count = clients.iter_mut().map(served).filter(|&ok| ok).count();
+    assert_eq!(served_count, 5);
+    fresh_stats(&server);
+    assert_eq!(counter(&server, "rejected_per_source"), 15);
+    assert_eq!(counter(&server, "active"), 5);
+}

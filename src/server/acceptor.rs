@@ -6,9 +6,10 @@
 //!   or the per-turn limit. The edge is then spent, so a listener that hit
 //!   the limit is marked and [`Acceptor::accept_due`] revisits it next turn.
 //! * Admission: over the connection limit (this loop's, or the one
-//!   [`SharedLimits`] keeps over all loops) a connection is accepted and
-//!   closed at once, so its client is told instead of waiting in the
-//!   backlog; the first refusal of an episode is warned about.
+//!   [`SharedLimits`] keeps over all loops), or over `max_per_source` for its
+//!   source, a connection is accepted and reset at once, so its client is
+//!   told instead of waiting in the backlog; the first refusal of an
+//!   episode is warned about.
 //! * **Out of descriptors** (EMFILE, ENFILE, ENOBUFS, ENOMEM on accept):
 //!   accepting again at once would fail the same way and spin, so accepting
 //!   pauses for 10 ms, doubling up to 1 s, warned once per episode. Any
@@ -26,7 +27,7 @@ use log::{debug, info, trace, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry};
 
-use super::shared::{SharedLimits, SHARED_RETRY_CHECK};
+use super::shared::{SharedLimits, Source, SHARED_RETRY_CHECK};
 use super::stats::AcceptCounts;
 use crate::token::{Tokens, MAX_LISTENERS};
 
@@ -87,9 +88,14 @@ pub(super) struct Acceptor {
     shared: bool,
     // Connections this loop admitted and has not closed yet.
     open: usize,
+    // With `max_per_source`: the source of each open connection, by slab
+    // key (8 bytes per slot, only when the limit is on).
+    sources: Vec<Option<Source>>,
     backoff: Option<Backoff>,
     // The current episode of "limit reached" was warned about.
     over_limit_warned: bool,
+    // A source over `max_per_source` was warned about (once).
+    over_source_warned: bool,
     closed: bool,
     counts: AcceptCounts,
 }
@@ -110,8 +116,10 @@ impl Acceptor {
             limits,
             shared,
             open: 0,
+            sources: Vec::new(),
             backoff: None,
             over_limit_warned: false,
+            over_source_warned: false,
             closed: false,
             counts: AcceptCounts::default(),
         }
@@ -235,11 +243,14 @@ impl Acceptor {
         }
     }
 
-    /// A connection this loop admitted has closed: its slot is free again,
-    /// and so is a descriptor.
-    pub(super) fn on_close(&mut self) {
+    /// The connection this loop admitted under slab `key` has closed: its
+    /// slots are free again, and so is a descriptor.
+    pub(super) fn on_close(&mut self, key: usize) {
         self.open = self.open.saturating_sub(1);
         self.limits.release(1);
+        if let Some(source) = self.sources.get_mut(key).and_then(Option::take) {
+            self.limits.release_source(source);
+        }
         // A new episode of "limit reached" is warned about only once the
         // server has had real room again, so churn at the limit cannot spam.
         let limit = self.limit();
@@ -295,7 +306,7 @@ impl Acceptor {
         Ok(Round::Limit)
     }
 
-    /// Admits an accepted connection under the limits, or closes it at once.
+    /// Admits an accepted connection under the limits, or resets it at once.
     fn admit(
         &mut self,
         stream: TcpStream,
@@ -312,28 +323,47 @@ impl Acceptor {
                 self.over_limit_warned = true;
             }
             debug!("{peer}: rejected, over the connection limit");
-            return; // dropping `stream` closes it
+            return reset(stream);
+        }
+        let source = Source::of(peer.ip());
+        if !self.limits.try_acquire_source(source) {
+            self.limits.release(1);
+            self.counts.rejected_per_source += 1;
+            if !self.over_source_warned {
+                warn!(
+                    "{} reached --max-per-source: closing its new connections at once \
+                     (further sources over it are only counted)",
+                    peer.ip()
+                );
+                self.over_source_warned = true;
+            }
+            debug!("{peer}: rejected, over the limit per source");
+            return reset(stream);
         }
         // Echo replies are small and immediate: don't let Nagle hold them.
         // On Linux the socket inherited TCP_NODELAY from the listener.
-        if !NODELAY_INHERITED {
-            if let Err(err) = stream.set_nodelay(true) {
-                debug!("{peer}: closed, TCP_NODELAY failed: {err}");
-                self.counts.accept_errors += 1;
-                self.limits.release(1);
-                return;
-            }
-        }
-        match admit(stream, peer) {
+        let admitted = if NODELAY_INHERITED {
+            admit(stream, peer)
+        } else {
+            stream.set_nodelay(true).and_then(|()| admit(stream, peer))
+        };
+        match admitted {
             Ok(key) => {
                 self.open += 1;
                 self.counts.accepted += 1;
+                if self.limits.limits_sources() {
+                    if self.sources.len() <= key {
+                        self.sources.resize(key + 1, None);
+                    }
+                    self.sources[key] = Some(source);
+                }
                 debug!("connection {key}: accepted from {peer}");
             }
             Err(err) => {
-                debug!("{peer}: closed, register failed: {err}");
+                debug!("{peer}: closed, setting up failed: {err}");
                 self.counts.accept_errors += 1;
                 self.limits.release(1);
+                self.limits.release_source(source);
             }
         }
     }
@@ -406,6 +436,14 @@ impl Drop for Acceptor {
     // the other loops may use them.
     fn drop(&mut self) {
         self.limits.release(self.open);
+    }
+}
+
+/// Closes a connection refused at admission with a reset (SO_LINGER 0):
+/// it was cut short before anything was echoed, and only a reset says so.
+fn reset(stream: TcpStream) {
+    if let Err(err) = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO)) {
+        debug!("SO_LINGER on a refused connection failed: {err}");
     }
 }
 

@@ -579,7 +579,7 @@ impl EchoServer {
     /// free: the one way a connection ends.
     fn close(&mut self, registry: &Registry, key: usize, reason: Reason) {
         self.conns.close(registry, key, reason);
-        self.acceptor.on_close();
+        self.acceptor.on_close(key);
     }
 }
 

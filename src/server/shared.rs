@@ -1,5 +1,6 @@
 //! The limits that hold over every loop of a process: one connection limit,
-//! the news that a descriptor was freed, and the UDP rate limit's table.
+//! the connections per source, the news that a descriptor was freed, and
+//! the UDP rate limit's table.
 //!
 //! A host that runs N loops (one [`EchoServer`] per thread, see the crate
 //! docs) gives every server a clone of one [`SharedLimits`]. The servers
@@ -14,8 +15,10 @@
 //! with shared limits therefore sleeps at most [`SHARED_RETRY_CHECK`] and
 //! compares the shared close count with the one it saw when it backed off.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::rate::SourceLimit;
@@ -30,15 +33,17 @@ use super::EchoServer;
 pub(super) const SHARED_RETRY_CHECK: Duration = Duration::from_millis(10);
 
 /// Limits shared by several [`EchoServer`]s, one per loop thread: at most
-/// `max_connections` open over all of them, exactly, and at most
-/// `udp_rate_limit` UDP replies per second to one source over all of them.
+/// `max_connections` open over all of them, and `max_per_source` from one
+/// source, exactly, and at most `udp_rate_limit` UDP replies per second to
+/// one source over all of them.
 ///
 /// Cloning is cheap (an `Arc`); every clone is the same limits. Give each
 /// server its clone with [`EchoServer::with_shared_limits`], and the servers
 /// the same [`Config`] this was made from.
 ///
 /// Cost: one atomic read-modify-write when a connection is admitted (or
-/// refused) and one when it closes; none per TCP message. With a UDP rate
+/// refused) and one when it closes, and with `max_per_source` one lock of
+/// the per-source table each time; none per TCP message. With a UDP rate
 /// limit, one compare-and-swap per datagram.
 ///
 /// ```
@@ -63,6 +68,10 @@ struct Inner {
     closes: AtomicU64,
     // Some when the config has a UDP rate limit.
     udp_rate: Option<Arc<SourceLimit>>,
+    // With `max_per_source`: the limit, and the connections open now from
+    // each source that has any (so at most one entry per open connection,
+    // whatever the number of sources that ever connected).
+    per_source: Option<(usize, Mutex<HashMap<Source, usize>>)>,
     // Every acquire, release and close check, so a test can prove the
     // shared state is touched only at accept and close.
     #[cfg(test)]
@@ -82,6 +91,9 @@ impl SharedLimits {
                 active: AtomicUsize::new(0),
                 closes: AtomicU64::new(0),
                 udp_rate,
+                per_source: config
+                    .max_per_source
+                    .map(|max| (max, Mutex::new(HashMap::new()))),
                 #[cfg(test)]
                 operations: AtomicU64::new(0),
             }),
@@ -128,6 +140,44 @@ impl SharedLimits {
         self.inner.closes.fetch_add(n as u64, Ordering::Release);
     }
 
+    /// Takes one of `source`'s slots if it has one free; always true without
+    /// `max_per_source`.
+    pub(super) fn try_acquire_source(&self, source: Source) -> bool {
+        let Some((max, table)) = &self.inner.per_source else {
+            return true;
+        };
+        let mut table = table.lock().unwrap_or_else(PoisonError::into_inner);
+        let open = table.entry(source).or_insert(0);
+        if *open >= *max {
+            if *open == 0 {
+                table.remove(&source);
+            }
+            return false;
+        }
+        *open += 1;
+        true
+    }
+
+    /// Gives back a slot of `source` taken by
+    /// [`SharedLimits::try_acquire_source`].
+    pub(super) fn release_source(&self, source: Source) {
+        let Some((_, table)) = &self.inner.per_source else {
+            return;
+        };
+        let mut table = table.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(open) = table.get_mut(&source) {
+            *open -= 1;
+            if *open == 0 {
+                table.remove(&source);
+            }
+        }
+    }
+
+    /// True when connections are limited per source.
+    pub(super) fn limits_sources(&self) -> bool {
+        self.inner.per_source.is_some()
+    }
+
     /// Connections closed so far over all servers. A server backed off for
     /// lack of descriptors retries once this has moved.
     pub(super) fn closes(&self) -> u64 {
@@ -153,6 +203,27 @@ impl SharedLimits {
     }
 }
 
+/// Where a connection comes from, for `max_per_source`: an IPv4 address,
+/// or the /64 prefix of an IPv6 one (an IPv6 host usually has a whole /64 to
+/// pick addresses from). An IPv4 address, also one mapped into IPv6, is
+/// kept under the `ffff:ffff::/32` prefix, which is multicast space and so
+/// never the prefix of a real TCP peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) struct Source(u64);
+
+impl Source {
+    pub(super) fn of(ip: IpAddr) -> Source {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        };
+        match ip {
+            IpAddr::V4(v4) => Source(0xffff_ffff_0000_0000 | u64::from(u32::from(v4))),
+            IpAddr::V6(v6) => Source((u128::from(v6) >> 64) as u64),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,5 +246,40 @@ mod tests {
         assert_eq!((limit.active(), limit.closes()), (1, 1));
         limit.release(5);
         assert_eq!(limit.active(), 0, "never below zero");
+    }
+
+    #[test]
+    fn a_source_holds_at_most_its_share_and_the_table_forgets_idle_sources() {
+        let limits = SharedLimits::new(&Config {
+            max_per_source: Some(2),
+            ..Config::default()
+        });
+        let a = Source::of("192.0.2.1".parse().unwrap());
+        let b = Source::of("::ffff:192.0.2.2".parse().unwrap());
+        assert!(limits.try_acquire_source(a) && limits.try_acquire_source(a));
+        assert!(!limits.try_acquire_source(a), "a third from one address");
+        assert!(limits.try_acquire_source(b), "another address has its own");
+        limits.release_source(a);
+        assert!(limits.try_acquire_source(a), "a close gives the slot back");
+        // A hostile spread of sources that each leave costs nothing after.
+        for i in 0..10_000u32 {
+            let source = Source::of(IpAddr::from((0x7f00_0000 + i).to_be_bytes()));
+            assert!(limits.try_acquire_source(source));
+            limits.release_source(source);
+        }
+        let (_, table) = limits.inner.per_source.as_ref().unwrap();
+        assert_eq!(table.lock().unwrap().len(), 2, "one entry per open source");
+    }
+
+    #[test]
+    fn ipv6_addresses_of_one_64_prefix_are_one_source() {
+        let one = Source::of("2001:db8:1:2::1".parse().unwrap());
+        let same = Source::of("2001:db8:1:2:ffff::9".parse().unwrap());
+        let other = Source::of("2001:db8:1:3::1".parse().unwrap());
+        assert_eq!(one, same);
+        assert_ne!(one, other);
+        let v4 = Source::of("10.0.0.1".parse().unwrap());
+        let mapped = Source::of("::ffff:10.0.0.1".parse().unwrap());
+        assert_eq!(v4, mapped);
     }
 }

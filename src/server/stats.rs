@@ -18,8 +18,11 @@ use std::time::Duration;
 pub struct Stats {
     /// Connections accepted and served.
     pub accepted: u64,
-    /// Connections accepted and closed at once: over the limit or shutting down.
+    /// Connections accepted and reset at once: over the connection limit.
     pub rejected: u64,
+    /// Connections accepted and reset at once: their source was over
+    /// `Config::max_per_source`.
+    pub rejected_per_source: u64,
     /// Connections open now.
     pub active: u64,
     /// Closed after the peer half-closed and every byte was echoed.
@@ -86,14 +89,16 @@ impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "accepted={} rejected={} active={} closed_by_peer={} closed_by_error={} \
-             closed_by_idle={} closed_by_shutdown={} closed_with_reset={} bytes_in={} bytes_out={} \
+            "accepted={} rejected={} rejected_per_source={} active={} closed_by_peer={} \
+             closed_by_error={} closed_by_idle={} closed_by_shutdown={} closed_with_reset={} \
+             bytes_in={} bytes_out={} \
              backpressure_pauses={} accept_backoffs={} backed_off_ms={} budget_yields={} \
              accept_yields={} accept_errors={} udp_datagrams_in={} udp_datagrams_out={} \
              udp_bytes_in={} udp_bytes_out={} udp_dropped={} udp_refused={} udp_truncated={} \
              udp_rate_limited={} udp_errors={} udp_yields={}",
             self.accepted,
             self.rejected,
+            self.rejected_per_source,
             self.active,
             self.closed_by_peer,
             self.closed_by_error,
@@ -143,6 +148,7 @@ impl AddAssign for Stats {
         let Stats {
             accepted,
             rejected,
+            rejected_per_source,
             active,
             closed_by_peer,
             closed_by_error,
@@ -170,6 +176,7 @@ impl AddAssign for Stats {
         } = other;
         self.accepted += accepted;
         self.rejected += rejected;
+        self.rejected_per_source += rejected_per_source;
         self.active += active;
         self.closed_by_peer += closed_by_peer;
         self.closed_by_error += closed_by_error;
@@ -211,6 +218,7 @@ impl Add for Stats {
 pub(super) struct AcceptCounts {
     pub(super) accepted: u64,
     pub(super) rejected: u64,
+    pub(super) rejected_per_source: u64,
     pub(super) accept_backoffs: u64,
     pub(super) backed_off: Duration,
     pub(super) accept_yields: u64,
@@ -257,6 +265,7 @@ impl Stats {
         Stats {
             accepted: accept.accepted,
             rejected: accept.rejected,
+            rejected_per_source: accept.rejected_per_source,
             active: active as u64,
             closed_by_peer: echo.closed_by_peer,
             closed_by_error: echo.closed_by_error,

@@ -92,6 +92,7 @@ fn run(args: Args) -> Result<(), String> {
     config.accepts_per_turn = args.accepts_per_turn;
     config.idle_timeout = args.idle_timeout;
     config.shutdown_timeout = args.shutdown_timeout;
+    config.max_per_source = args.max_per_source;
     config.udp_rate_limit = args
         .udp_rate_limit
         .map(|n| u32::try_from(n).unwrap_or(Config::MAX_UDP_RATE_LIMIT));

@@ -73,6 +73,14 @@ pub struct Args {
           value_parser = count_up_to(Config::MAX_CONNECTIONS))]
     pub max_connections: Option<usize>,
 
+    /// Most connections at once from one source: one IPv4 address, or one
+    /// IPv6 /64 prefix. One more is accepted and reset at once and counted
+    /// (rejected_per_source); exact over all loops. 1 to 16,777,200.
+    /// [default: off]
+    #[arg(long, value_name = "N", allow_negative_numbers = true,
+          value_parser = count_up_to(Config::MAX_CONNECTIONS))]
+    pub max_per_source: Option<usize>,
+
     /// Pending bytes per connection at which reading pauses until the client
     /// reads (backpressure); reading resumes below half of it. Accepts K/M/G
     /// suffixes (KiB, MiB, GiB); at most 1G.
