@@ -82,6 +82,9 @@ pub(super) struct Connections {
     // turn, without waiting for an edge.
     ready: VecDeque<(usize, u16)>,
     counts: EchoCounts,
+    // Whether trace logging is on: read once per call from the host
+    // (`begin_call`), not per event (benches/instructions.sh).
+    tracing: bool,
 }
 
 impl Connections {
@@ -97,11 +100,18 @@ impl Connections {
             limits: config.limits(),
             ready: VecDeque::new(),
             counts: EchoCounts::default(),
+            tracing: false,
         }
     }
 
     pub(super) fn len(&self) -> usize {
         self.slots.len()
+    }
+
+    /// Reads what a host's call needs once rather than per event: whether
+    /// trace logging is on.
+    pub(super) fn begin_call(&mut self) {
+        self.tracing = log::log_enabled!(log::Level::Trace);
     }
 
     /// Registers `stream` for READABLE under a new generation of a free slab
@@ -163,7 +173,7 @@ impl Connections {
                 return Driven::Close(Reason::Error);
             }
         };
-        if log::log_enabled!(log::Level::Trace) {
+        if self.tracing {
             trace_drive(key, progress);
         }
         self.counts.bytes_in += progress.bytes_in as u64;
@@ -303,7 +313,7 @@ impl Connections {
 }
 
 /// The trace line of one connection's turn: out of line, so that the hot
-/// path only tests the log level (benches/instructions.sh).
+/// path only tests a flag (benches/instructions.sh).
 #[cold]
 #[inline(never)]
 fn trace_drive(key: usize, progress: Progress) {

@@ -362,7 +362,7 @@ impl EchoServer {
         events: &Events,
         now: Instant,
     ) -> io::Result<usize> {
-        let stamp = self.idle.stamp(now);
+        let stamp = self.begin_call(now);
         let mut foreign = 0;
         for event in events.iter() {
             if self.owns(event.token()) {
@@ -388,7 +388,7 @@ impl EchoServer {
         if !self.owns(event.token()) {
             return Ok(());
         }
-        let stamp = self.idle.stamp(now);
+        let stamp = self.begin_call(now);
         self.route(registry, event.token(), Hints::of(event), now, stamp)
     }
 
@@ -438,7 +438,7 @@ impl EchoServer {
     /// # Errors
     /// Only a listener's failure.
     pub fn handle_timeout(&mut self, registry: &Registry, now: Instant) -> io::Result<()> {
-        let stamp = self.idle.stamp(now);
+        let stamp = self.begin_call(now);
         for _ in 0..self.conns.ready_len() {
             let Some((key, generation)) = self.conns.take_ready() else {
                 break;
@@ -573,6 +573,13 @@ impl EchoServer {
     /// near idle after clients that never read have left. Work: O(1).
     pub fn freed_buffer_bytes(&self) -> u64 {
         self.conns.freed_buffer_bytes()
+    }
+
+    /// What every call from the host reads once: `now` on the server's
+    /// clock (returned, for `last_active` stamps) and the trace level.
+    fn begin_call(&mut self, now: Instant) -> u32 {
+        self.conns.begin_call();
+        self.idle.stamp(now)
     }
 
     /// Closes the connection at `key` and tells the acceptor its slot is
