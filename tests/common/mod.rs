@@ -615,3 +615,196 @@ impl Server {
         panic!("signal {signal} still pending after 10 s");
     }
 }
+
+/// The path of `program` on `PATH`, or None after printing a line that says
+/// the test is skipped and which Debian package brings it (`.ci/run`
+/// installs them, so CI never skips).
+pub fn outside_program(program: &str, package: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(program))
+            .find(|candidate| candidate.is_file())
+    });
+    if found.is_none() {
+        println!("skipped: {program} is not installed (Debian package {package})");
+    }
+    found
+}
+
+/// A port on 127.0.0.1 that was free a moment ago, for a program that
+/// cannot be told to pick its own (port 0). Another process may take it
+/// before the program binds it: callers retry with a new one.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// A fresh directory under the system's temp dir, removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("echoloop-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// One HTTP/1.0 GET of `target` (path and query) from `addr`, read to the
+/// server's close: the status code, the head (status line and headers, as
+/// text) and the body. HTTP/1.0 so no server answers in chunks.
+pub fn http_get(addr: SocketAddr, target: &str) -> (u16, String, Vec<u8>) {
+    let mut stream = connect(addr);
+    let request = format!("GET {target} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    stream.write_all(request.as_bytes()).expect("send request");
+    http_response(&read_to_end(&mut stream))
+}
+
+/// Splits a whole HTTP response into its status code, head and body.
+pub fn http_response(bytes: &[u8]) -> (u16, String, Vec<u8>) {
+    let end = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no end of head in {:?}", String::from_utf8_lossy(bytes)));
+    let head = String::from_utf8_lossy(&bytes[..end]).into_owned();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    (status, head, bytes[end + 4..].to_vec())
+}
+
+/// Output lines the server process printed so far, split by stream, while
+/// the test waits for a cue on stderr (see [`Server::spawn_on_cue`]).
+struct Readers {
+    stdout: mpsc::Receiver<String>,
+    stderr: Arc<Mutex<String>>,
+    stderr_done: mpsc::Receiver<()>,
+}
+
+/// Starts threads that read `child`'s stdout (line by line, into a
+/// channel) and stderr (into a shared string).
+fn read_output(child: &mut Child) -> Readers {
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, lines) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let sink = stderr.clone();
+    let pipe = child.stderr.take().expect("stderr");
+    let (done_tx, stderr_done) = mpsc::channel::<()>();
+    thread::spawn(move || {
+        let _done = done_tx; // dropped at the end of the pipe
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            let mut log = sink.lock().unwrap_or_else(|e| e.into_inner());
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
+    Readers {
+        stdout: lines,
+        stderr,
+        stderr_done,
+    }
+}
+
+impl Server {
+    /// Spawns `cmd`, waits (up to 20 s) for `cue` on its stderr, calls
+    /// `then`, and waits for `listeners` `listening on` lines as
+    /// [`Server::spawn`] does. For a supervisor that binds the sockets
+    /// itself and starts the server only once a client comes
+    /// (`systemd-socket-activate`): `then` is that client. Returns the
+    /// stderr if the process exits before the cue (its port was taken, say).
+    pub fn spawn_on_cue(
+        mut cmd: Command,
+        cue: &str,
+        then: impl FnOnce(),
+        listeners: usize,
+    ) -> Result<Server, String> {
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null());
+        let mut child = cmd.spawn().expect("start server");
+        let readers = read_output(&mut child);
+        let stderr = || {
+            readers
+                .stderr
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !stderr().contains(cue) {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                let _ = readers.stderr_done.recv_timeout(Duration::from_secs(5));
+                return Err(format!("exited ({status}) before {cue:?}: {}", stderr()));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("no {cue:?} within 20 s; stderr: {}", stderr());
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        then();
+        let mut addrs = Vec::new();
+        while addrs.len() < listeners {
+            let Ok(line) = readers.stdout.recv_timeout(Duration::from_secs(20)) else {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("no 'listening on' line; stderr: {}", stderr());
+            };
+            let addr = line
+                .strip_prefix("listening on ")
+                .map(|a| a.strip_prefix("udp ").unwrap_or(a))
+                .unwrap_or_else(|| panic!("unexpected stdout line {line:?}"));
+            addrs.push(addr.parse().expect("listening address"));
+        }
+        Ok(Server {
+            child,
+            addrs,
+            stderr: readers.stderr,
+            stderr_done: readers.stderr_done,
+        })
+    }
+
+    /// The metrics address from the `metrics on http://IP:PORT/metrics`
+    /// log line, waiting up to 10 s for it.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        assert!(
+            self.log_contains("metrics on http://"),
+            "no metrics line; stderr: {}",
+            self.stderr()
+        );
+        let log = self.stderr();
+        let at = log.find("metrics on http://").expect("metrics line") + "metrics on http://".len();
+        log[at..]
+            .split("/metrics")
+            .next()
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| panic!("no address in the metrics line: {log}"))
+    }
+}

@@ -1,8 +1,9 @@
-//! The single loop: one `Poll` with the signals and one `EchoServer` in it.
-//! This is what `echoloop` runs by default, and the loop to read first; each
-//! loop of `--threads N` (`loops.rs`) turns the same [`turn`], and binds,
-//! carries out signals' commands and times `--stats-interval` with the
-//! helpers below it ([`bind_all`], [`Command::apply`], [`StatsTimer`]).
+//! The single loop: one `Poll` with the signals, one `EchoServer` and, with
+//! `--metrics`, the metrics endpoint in it. This is what `echoloop` runs by
+//! default, and the loop to read first; each loop of `--threads N`
+//! (`loops.rs`) turns the same [`turn`], and binds, carries out signals'
+//! commands and times `--stats-interval` with the helpers below it
+//! ([`bind_all`], [`Command::apply`], [`StatsTimer`]).
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
@@ -11,24 +12,42 @@ use std::time::{Duration, Instant};
 use log::{info, warn};
 use mio::{Events, Poll, Registry, Token};
 
-use echoloop::{listener_group, udp_group, Config, EchoServer, Stats};
+use echoloop::{listener_group, udp_group, Config, EchoServer, Stats, TOKEN_SPAN};
 
+use crate::activation::Inherited;
+use crate::metrics::Metrics;
+use crate::notify::Notifier;
 use crate::options::Args;
 use crate::signals::{Command, Signals};
 use crate::sys;
 
-/// The host's own token; the echo server's tokens start right after it.
+/// The host's own token; the echo server's tokens start right after it,
+/// and the metrics endpoint's right after the server's range.
 const SIGNALS: Token = Token(0);
 pub const SERVER_BASE: Token = Token(1);
+const METRICS_BASE: Token = Token(SERVER_BASE.0 + TOKEN_SPAN);
+
+/// What `main` set up for the process before any loop: the signals, and
+/// what a supervisor gave (its sockets, its notification socket).
+pub struct Outside {
+    pub signals: Signals,
+    pub inherited: Inherited,
+    pub notifier: Notifier,
+}
 
 /// Serves on one loop until shutdown ends; `started` logs the settings once
 /// the `listening on` lines are out.
 pub fn run(
     config: Config,
     args: &Args,
-    mut signals: Signals,
+    outside: Outside,
     started: impl FnOnce(&Config),
 ) -> Result<(), String> {
+    let Outside {
+        mut signals,
+        inherited,
+        mut notifier,
+    } = outside;
     let mut poll = Poll::new().map_err(|e| format!("cannot create poll: {e}"))?;
     signals
         .register(poll.registry(), SIGNALS)
@@ -37,37 +56,69 @@ pub fn run(
     // Bind every address before printing any line: a script waiting for
     // `listening on` must never be told about a server that then exits.
     let mut server = EchoServer::new(config.clone(), SERVER_BASE).map_err(|e| e.to_string())?;
+    inherited.adopt_into(&mut [&mut server])?;
     bind_all(&mut [&mut server], args)?;
+    let mut metrics = bind_metrics(args, poll.registry(), METRICS_BASE)?;
     server
         .register(poll.registry())
         .map_err(|e| format!("cannot register listeners: {e}"))?;
     print_listening(&server.local_addrs(), &server.udp_addrs())?;
+    log_metrics_addr(metrics.as_ref());
     started(&config);
+    notifier.ready();
 
     let mut events = Events::with_capacity(1024);
     let mut stats_timer = StatsTimer::new(args.stats_interval, Instant::now());
     let mut trimmed_at = 0;
     loop {
+        let before = Instant::now();
+        let also = [
+            stats_timer.due_in(before),
+            notifier.watchdog_due_in(before),
+            metrics.as_ref().and_then(|m| m.due_in(before)),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         let now = turn(
             &mut poll,
             &mut events,
             &mut server,
             &mut trimmed_at,
-            stats_timer.due_in(Instant::now()),
+            also,
             |server, registry, token, now| {
-                if token != SIGNALS {
-                    warn!("event for unknown token {}", token.0);
-                    return;
-                }
-                for command in signals.commands() {
-                    if let Some(stats) = command.apply(server, registry, now) {
-                        info!("stats: {stats}");
+                if token == SIGNALS {
+                    for command in signals.commands() {
+                        if command == Command::Shutdown {
+                            notifier.stopping();
+                        }
+                        if let Some(stats) = command.apply(server, registry, now) {
+                            info!("stats: {stats}");
+                            notifier.status(&stats);
+                        }
                     }
+                } else if let Some(metrics) = metrics.as_mut().filter(|m| m.owns(token)) {
+                    metrics.handle_event(registry, token, now);
+                } else {
+                    warn!("event for unknown token {}", token.0);
                 }
             },
         )?;
+        if let Some(metrics) = &mut metrics {
+            metrics.handle_timeout(poll.registry(), now);
+            if metrics.wants_counters() {
+                metrics.answer(poll.registry(), &server.stats(), 1);
+            }
+        }
         if stats_timer.fired(now) {
-            info!("stats: {}", server.stats());
+            let stats = server.stats();
+            info!("stats: {stats}");
+            notifier.status(&stats);
+        }
+        // Sent from this loop's own turn: a loop that stops turning stops
+        // the watchdog, and the supervisor restarts us.
+        if notifier.watchdog_fired(now) {
+            notifier.watchdog();
         }
         if server.is_finished() {
             break;
@@ -215,4 +266,32 @@ pub fn print_listening(tcp: &[SocketAddr], udp: &[SocketAddr]) -> Result<(), Str
         writeln!(stdout, "listening on udp {local}").map_err(|e| e.to_string())?;
     }
     stdout.flush().map_err(|e| e.to_string())
+}
+
+/// Binds and registers the `--metrics` endpoint under `base`, if asked for.
+///
+/// # Errors
+/// `cannot serve metrics on ADDR: ...`.
+pub fn bind_metrics(
+    args: &Args,
+    registry: &Registry,
+    base: Token,
+) -> Result<Option<Metrics>, String> {
+    let Some(addr) = args.metrics else {
+        return Ok(None);
+    };
+    let error = |e: io::Error| format!("cannot serve metrics on {addr}: {e}");
+    let mut metrics = Metrics::bind(addr).map_err(error)?;
+    metrics.register(registry, base).map_err(error)?;
+    Ok(Some(metrics))
+}
+
+/// `metrics on http://IP:PORT/metrics` on stderr, after the `listening on`
+/// lines: stdout stays the echo sockets' alone, for the scripts that read it.
+pub fn log_metrics_addr(metrics: Option<&Metrics>) {
+    match metrics.map(Metrics::local_addr) {
+        Some(Ok(addr)) => info!("metrics on http://{addr}/metrics"),
+        Some(Err(e)) => warn!("metrics: cannot read the bound address: {e}"),
+        None => {}
+    }
 }

@@ -21,6 +21,16 @@
 //!   `Waker`), a second closes every loop's connections, SIGUSR1 and
 //!   `--stats-interval` ask every loop for its counters and log one line with
 //!   their sum and each loop's active connections.
+//! * **Counters by asking**: a [`Survey`] sends every loop `Command::Stats`
+//!   and waits for every answer; one is out at a time, and whoever wants
+//!   counters meanwhile joins it: the stats line, a `--metrics` scrape
+//!   (served from the supervisor's `Poll`, answered with the loops' sum once
+//!   every loop has replied, or a 503 at the scrape's time limit), and the
+//!   watchdog. `WATCHDOG=1` goes out only when every loop has answered a
+//!   request made since the last one, so one stuck loop stops it.
+//! * **Inherited sockets are shared**: every loop adopts a duplicate of each
+//!   socket a supervisor passed (`activation.rs`); the kernel wakes them
+//!   all, and the first to accept serves.
 //! * **Listeners close together.** Closing one listener of a reuseport
 //!   group resets the connections waiting in its accept queue, so a loop
 //!   never closes its listener alone while the others accept: only shutdown
@@ -38,13 +48,16 @@ use mio::{Events, Poll, Registry, Token, Waker};
 
 use echoloop::{Config, EchoServer, SharedLimits, Stats};
 
-use crate::host::{self, StatsTimer, SERVER_BASE};
+use crate::host::{self, Outside, StatsTimer, SERVER_BASE};
+use crate::metrics::Metrics;
+use crate::notify::Notifier;
 use crate::options::Args;
 use crate::signals::{Command, Signals};
 
-/// The supervisor's tokens.
+/// The supervisor's tokens; the metrics endpoint's start at METRICS_BASE.
 const SIGNALS: Token = Token(0);
 const NOTES: Token = Token(1);
+const METRICS_BASE: Token = Token(2);
 /// A loop's own token for its waker; its server's tokens start after it.
 const WAKE: Token = Token(0);
 
@@ -90,9 +103,14 @@ pub fn run(
     config: Config,
     args: &Args,
     threads: usize,
-    mut signals: Signals,
+    outside: Outside,
     started: impl FnOnce(&Config),
 ) -> Result<(), String> {
+    let Outside {
+        mut signals,
+        inherited,
+        mut notifier,
+    } = outside;
     let poll = Poll::new().map_err(|e| format!("cannot create poll: {e}"))?;
     signals
         .register(poll.registry(), SIGNALS)
@@ -132,7 +150,9 @@ pub fn run(
     // address, so the kernel spreads connections and UDP sources over the
     // loops.
     let mut servers: Vec<&mut EchoServer> = built.iter_mut().map(|lp| &mut lp.server).collect();
+    inherited.adopt_into(&mut servers)?;
     host::bind_all(&mut servers, args)?;
+    let metrics = host::bind_metrics(args, poll.registry(), METRICS_BASE)?;
     // Every loop's group shares one address; the first loop's say which.
     let (tcp, udp) = (built[0].server.local_addrs(), built[0].server.udp_addrs());
     for lp in &mut built {
@@ -149,27 +169,55 @@ pub fn run(
         handle.thread = Some(thread);
     }
     host::print_listening(&tcp, &udp)?;
+    host::log_metrics_addr(metrics.as_ref());
     started(&config);
-    supervise(poll, signals, notes, handles, args)
+    notifier.ready();
+    let guests = Guests {
+        signals,
+        notifier,
+        metrics,
+    };
+    supervise(poll, guests, notes, handles, args)
 }
 
-/// The main thread once the loops run: signals, the stats timer and the
-/// loops' notes, until every loop has finished.
+/// What shares the supervisor's `Poll` with the loops' notes.
+struct Guests {
+    signals: Signals,
+    notifier: Notifier,
+    metrics: Option<Metrics>,
+}
+
+/// The main thread once the loops run: signals, the stats timer, the
+/// watchdog, the metrics endpoint and the loops' notes, until every loop
+/// has finished.
 fn supervise(
     mut poll: Poll,
-    mut signals: Signals,
+    guests: Guests,
     notes: Receiver<Note>,
     mut handles: Vec<LoopHandle>,
     args: &Args,
 ) -> Result<(), String> {
+    let Guests {
+        mut signals,
+        mut notifier,
+        mut metrics,
+    } = guests;
     let mut events = Events::with_capacity(64);
     let mut stats_timer = StatsTimer::new(args.stats_interval, Instant::now());
     let mut shutting_down = false;
     let mut failure: Option<String> = None;
-    // Replies to the current stats request, one slot per loop.
-    let mut asked: Option<Vec<Option<Stats>>> = None;
+    let mut survey = Survey::default();
     while handles.iter().any(|h| h.last.is_none()) {
-        if let Err(err) = poll.poll(&mut events, stats_timer.due_in(Instant::now())) {
+        let before = Instant::now();
+        let timeout = [
+            stats_timer.due_in(before),
+            notifier.watchdog_due_in(before),
+            metrics.as_ref().and_then(|m| m.due_in(before)),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        if let Err(err) = poll.poll(&mut events, timeout) {
             if err.kind() == std::io::ErrorKind::Interrupted {
                 continue;
             }
@@ -178,31 +226,34 @@ fn supervise(
             handles.iter().for_each(|h| h.tell(Command::CloseAll));
             break;
         }
+        let now = Instant::now();
         let mut shutdown_now = false;
         let mut close_now = false;
         for event in events.iter() {
-            if event.token() != SIGNALS {
-                continue; // NOTES: read below, every turn
-            }
-            for command in signals.commands() {
-                match command {
-                    Command::Stats => ask_stats(&handles, &mut asked),
-                    // Sent once the notes are read, with a loop's failure.
-                    Command::Shutdown => {
-                        shutting_down = true;
-                        shutdown_now = true;
+            match event.token() {
+                SIGNALS => {
+                    for command in signals.commands() {
+                        match command {
+                            Command::Stats => survey.ask(&handles, Purpose::Log),
+                            // Sent once the notes are read, with a loop's failure.
+                            Command::Shutdown => {
+                                shutting_down = true;
+                                shutdown_now = true;
+                            }
+                            Command::CloseAll => close_now = true,
+                        }
                     }
-                    Command::CloseAll => close_now = true,
                 }
+                NOTES => {} // read below, every turn
+                token => match metrics.as_mut().filter(|m| m.owns(token)) {
+                    Some(metrics) => metrics.handle_event(poll.registry(), token, now),
+                    None => warn!("event for unknown token {}", token.0),
+                },
             }
         }
         for note in notes.try_iter() {
             match note {
-                Note::Stats(i, stats) => {
-                    if let Some(slot) = asked.as_mut().and_then(|a| a.get_mut(i)) {
-                        *slot = Some(stats);
-                    }
-                }
+                Note::Stats(i, stats) => survey.reply(i, stats),
                 Note::Failed(i, msg) => {
                     warn!("loop {i}: {msg}; shutting every loop down");
                     failure.get_or_insert(msg);
@@ -214,28 +265,45 @@ fn supervise(
                 Note::Finished(i, stats) => {
                     debug!("loop {i}: finished");
                     handles[i].last = Some(stats);
-                    if let Some(slot) = asked.as_mut().and_then(|a| a.get_mut(i)) {
-                        slot.get_or_insert(stats);
-                    }
+                    survey.finished(i, stats);
                 }
             }
         }
         if shutdown_now {
+            notifier.stopping();
             handles.iter().for_each(|h| h.tell(Command::Shutdown));
         }
         // After the shutdown, when both came in one wake-up.
         if close_now {
             handles.iter().for_each(|h| h.tell(Command::CloseAll));
         }
-        if stats_timer.fired(Instant::now()) {
-            ask_stats(&handles, &mut asked);
+        if let Some(metrics) = &mut metrics {
+            metrics.handle_timeout(poll.registry(), now);
+            if metrics.wants_counters() {
+                survey.ask(&handles, Purpose::Scrape);
+            }
         }
-        if asked
-            .as_ref()
-            .is_some_and(|a| a.iter().all(Option::is_some))
-        {
-            let replies: Vec<Stats> = asked.take().into_iter().flatten().flatten().collect();
-            info!("stats: {}", describe(&replies));
+        if stats_timer.fired(now) {
+            survey.ask(&handles, Purpose::Log);
+        }
+        if notifier.watchdog_fired(now) {
+            survey.ask(&handles, Purpose::Watchdog);
+        }
+        if let Some((replies, wanted)) = survey.complete() {
+            let mut total = Stats::default();
+            for stats in &replies {
+                total += *stats;
+            }
+            if wanted.log {
+                info!("stats: {}", describe(&replies));
+                notifier.status(&total);
+            }
+            if let Some(metrics) = metrics.as_mut().filter(|_| wanted.scrape) {
+                metrics.answer(poll.registry(), &total, handles.len());
+            }
+            if wanted.watchdog {
+                notifier.watchdog();
+            }
         }
     }
     let mut total = Stats::default();
@@ -251,13 +319,76 @@ fn supervise(
     failure.map_or(Ok(()), Err)
 }
 
-/// Asks every loop for its counters, unless a request is still out.
-fn ask_stats(handles: &[LoopHandle], asked: &mut Option<Vec<Option<Stats>>>) {
-    if asked.is_some() {
-        return;
+/// Who wants the loops' counters.
+#[derive(Debug, Clone, Copy)]
+enum Purpose {
+    /// The stats line (SIGUSR1, `--stats-interval`) and `STATUS=`.
+    Log,
+    /// A `--metrics` scrape.
+    Scrape,
+    /// `WATCHDOG=1`: proof that every loop turns.
+    Watchdog,
+}
+
+/// The purposes a survey serves.
+#[derive(Debug, Clone, Copy, Default)]
+struct Wanted {
+    log: bool,
+    scrape: bool,
+    watchdog: bool,
+}
+
+/// One request for every loop's counters at a time; whoever wants them
+/// while one is out joins it, so a loop is never asked twice at once.
+#[derive(Debug, Default)]
+struct Survey {
+    // One slot per loop while a request is out; a finished loop's slot is
+    // filled with its last counters.
+    replies: Option<Vec<Option<Stats>>>,
+    wanted: Wanted,
+}
+
+impl Survey {
+    /// Joins the request that is out, or sends a new one to every loop.
+    fn ask(&mut self, handles: &[LoopHandle], purpose: Purpose) {
+        match purpose {
+            Purpose::Log => self.wanted.log = true,
+            Purpose::Scrape => self.wanted.scrape = true,
+            Purpose::Watchdog => self.wanted.watchdog = true,
+        }
+        if self.replies.is_none() {
+            self.replies = Some(handles.iter().map(|h| h.last).collect());
+            handles.iter().for_each(|h| h.tell(Command::Stats));
+        }
     }
-    *asked = Some(handles.iter().map(|h| h.last).collect());
-    handles.iter().for_each(|h| h.tell(Command::Stats));
+
+    /// Loop `index` answered.
+    fn reply(&mut self, index: usize, stats: Stats) {
+        if let Some(slot) = self.replies.as_mut().and_then(|r| r.get_mut(index)) {
+            *slot = Some(stats);
+        }
+    }
+
+    /// Loop `index` finished with `stats`: it will not answer any more.
+    fn finished(&mut self, index: usize, stats: Stats) {
+        if let Some(slot) = self.replies.as_mut().and_then(|r| r.get_mut(index)) {
+            slot.get_or_insert(stats);
+        }
+    }
+
+    /// Every loop's counters and what they were asked for, once every loop
+    /// has answered; the next `ask` sends a new request.
+    fn complete(&mut self) -> Option<(Vec<Stats>, Wanted)> {
+        if !self
+            .replies
+            .as_ref()
+            .is_some_and(|r| r.iter().all(Option::is_some))
+        {
+            return None;
+        }
+        let replies = self.replies.take()?.into_iter().flatten().collect();
+        Some((replies, std::mem::take(&mut self.wanted)))
+    }
 }
 
 /// The stats line: the loops' counters summed, then each loop's active

@@ -13,12 +13,21 @@
 //!   all of them.
 //! * `options.rs`: the command line and its parsers.
 //! * `signals.rs`: SIGINT, SIGTERM and SIGUSR1, counted one by one.
+//! * `activation.rs`: sockets passed by a supervisor (`LISTEN_FDS`).
+//! * `notify.rs`: telling the supervisor we are ready, how we are, that we
+//!   stop, and that the loops turn (`NOTIFY_SOCKET`, `WATCHDOG_USEC`).
+//! * `metrics/`: `--metrics`, the counters for Prometheus, a guest in the
+//!   host's `Poll` beside the signals.
 //! * `sys.rs`: the process-wide OS calls the library leaves to its host
-//!   (the open-files limit, giving freed memory back).
+//!   (the open-files limit, giving freed memory back, taking inherited
+//!   descriptors).
 #![deny(unsafe_code)]
 
+mod activation;
 mod host;
 mod loops;
+mod metrics;
+mod notify;
 mod options;
 mod signals;
 #[allow(unsafe_code)]
@@ -27,18 +36,20 @@ mod sys;
 mod text;
 
 use std::process::ExitCode;
+use std::time::Instant;
 
-use clap::Parser;
 use log::{info, warn};
 
 use echoloop::Config;
 
+use activation::Inherited;
+use notify::Notifier;
 use options::Args;
 use signals::Signals;
 use text::{human_duration, plural};
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = Args::from_command_line();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -49,8 +60,16 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: Args) -> Result<(), String> {
-    // Signals first: from here on SIGINT/SIGTERM only queue a wake-up, so a
+fn run(mut args: Args) -> Result<(), String> {
+    // The supervisor's descriptors before the process opens any of its own
+    // (their numbers are fixed), and its variables before any thread starts
+    // (both remove theirs from the environment).
+    let inherited = Inherited::from_env()?;
+    let notifier = Notifier::from_env(Instant::now());
+    if !inherited.is_empty() && args.listen_is_default {
+        args.listen.clear();
+    }
+    // Signals next: from here on SIGINT/SIGTERM only queue a wake-up, so a
     // signal sent the moment a script reads `listening on` is handled as a
     // graceful shutdown instead of killing the process.
     let signals = Signals::new().map_err(|e| format!("cannot set up signals: {e}"))?;
@@ -65,13 +84,14 @@ fn run(args: Args) -> Result<(), String> {
             describe_limit(open_files)
         );
     }
-    // Each loop beyond the first holds a poll instance, a waker and one
-    // socket per TCP and UDP address; the supervisor a poll instance and a
-    // waker.
+    // Each loop beyond the first holds a poll instance, a waker, one socket
+    // per TCP and UDP address and a duplicate of each inherited socket; the
+    // supervisor a poll instance and a waker; --metrics a listener and its
+    // scrapers.
     let extra_descriptors = match threads {
         1 => 0,
-        n => (n - 1) * (2 + args.listen.len() + args.udp.len()) + 2,
-    };
+        n => (n - 1) * (2 + args.listen.len() + args.udp.len() + inherited.len()) + 2,
+    } + args.metrics.map_or(0, |_| 1 + metrics::MAX_SCRAPERS);
     // The library's default reads the limit just raised.
     let reachable = Config::default()
         .max_connections
@@ -117,10 +137,15 @@ fn run(args: Args) -> Result<(), String> {
             human_duration(config.shutdown_timeout),
         );
     };
+    let outside = host::Outside {
+        signals,
+        inherited,
+        notifier,
+    };
     if threads == 1 {
-        host::run(config, &args, signals, started)
+        host::run(config, &args, outside, started)
     } else {
-        loops::run(config, &args, threads, signals, started)
+        loops::run(config, &args, threads, outside, started)
     }
 }
 

@@ -5,7 +5,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser};
 
 use echoloop::{Config, MAX_GROUP};
 
@@ -36,6 +37,18 @@ const REUSEPORT_BALANCES: bool = cfg!(any(target_os = "linux", target_os = "andr
 /// them); they share nothing per message. Signals and counters are handled
 /// once for the process.
 ///
+/// Under a supervisor: started with systemd's socket activation (LISTEN_PID
+/// our pid, LISTEN_FDS, optional LISTEN_FDNAMES) it serves the sockets passed
+/// from fd 3 on, listening TCP sockets and bound UDP sockets over IPv4 or
+/// IPv6 (anything else is an error), with the same `listening on` lines.
+/// They replace the default --listen address; --listen and --udp given on
+/// the command line are bound beside them. With --threads N every loop
+/// serves each inherited socket (the kernel wakes them all; the first to
+/// accept serves). With NOTIFY_SOCKET set (a path, or @name for the abstract
+/// namespace) it sends READY=1 once serving, STATUS= with each stats line,
+/// STOPPING=1 when shutdown begins and, with WATCHDOG_USEC, WATCHDOG=1 every
+/// half of it from the loops themselves. See docs/operations.md.
+///
 /// Usage errors exit 2, runtime errors (address in use, ...) exit 1 with one
 /// `echoloop: error:` line.
 #[derive(Debug, Parser)]
@@ -43,6 +56,7 @@ const REUSEPORT_BALANCES: bool = cfg!(any(target_os = "linux", target_os = "andr
 pub struct Args {
     /// Address to listen on, as IP:PORT ([::1]:PORT for IPv6). Repeat the
     /// option to listen on several addresses. Port 0 picks a free port.
+    /// Sockets passed by a supervisor replace the default.
     #[arg(
         long = "listen",
         value_name = "ADDR",
@@ -107,6 +121,15 @@ pub struct Args {
           value_parser = secs_up_to(MAX_STATS_INTERVAL, false))]
     pub stats_interval: Option<Duration>,
 
+    /// Serve the counters for Prometheus at http://ADDR/metrics (text format
+    /// 0.0.4), as IP:PORT; port 0 picks a free port. Served by the loop
+    /// itself, no thread of its own (with --threads N by the supervisor
+    /// thread, which sums every loop's counters). Logs `metrics on
+    /// http://IP:PORT/metrics` once bound. At most 4 scrapers at once, 5
+    /// seconds each. [default: off]
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
+    pub metrics: Option<SocketAddr>,
+
     /// Connections accepted per listener per loop turn, so established
     /// connections keep being served during an accept storm (1 to 1,000,000).
     #[arg(long, value_name = "N", default_value_t = Config::DEFAULT_ACCEPTS_PER_TURN,
@@ -131,6 +154,21 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value = "1", allow_negative_numbers = true,
           value_parser = parse_threads)]
     pub threads: Threads,
+
+    /// True when --listen was not given: its default is in `listen`.
+    #[arg(skip)]
+    pub listen_is_default: bool,
+}
+
+impl Args {
+    /// Parses the command line (exiting with clap's message and status on a
+    /// usage error), noting whether --listen was given.
+    pub fn from_command_line() -> Args {
+        let matches = Args::command().get_matches();
+        let mut args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        args.listen_is_default = matches.value_source("listen") == Some(ValueSource::DefaultValue);
+        args
+    }
 }
 
 /// `--threads`: a number of loops, or one per available core.

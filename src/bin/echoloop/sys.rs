@@ -1,9 +1,10 @@
 //! The binary's own OS calls, each a decision for the whole process that
 //! the library leaves to its host: the open-files limit, giving freed memory
-//! back to the system, and signal handlers. Every `unsafe` of the binary is
-//! here.
+//! back to the system, signal handlers, and taking the descriptors a
+//! supervisor passed on. Every `unsafe` of the binary is here.
 
 use std::io;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::raw::c_int;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -70,4 +71,25 @@ pub fn count_signal(signal: c_int, count: Arc<AtomicUsize>) -> io::Result<()> {
         })?;
     }
     Ok(())
+}
+
+/// Takes ownership of descriptor `fd`, which the process that started us
+/// left open for us (socket activation: `LISTEN_FDS` descriptors from fd 3
+/// on).
+///
+/// Call it before the process opens any descriptor of its own, at most once
+/// per descriptor: then nothing else in the process owns `fd`.
+///
+/// # Errors
+/// `EBADF` if `fd` is not open.
+pub fn take_inherited(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_GETFD only reads the descriptor's flags; any number is a
+    // valid argument (a closed one fails with EBADF).
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is open (above), and by this function's contract no
+    // other owner exists in this process: it was inherited, is taken once,
+    // and nothing has been opened yet that could have received its number.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
