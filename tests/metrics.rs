@@ -24,6 +24,7 @@ const CONTENT_TYPE: &str = "Content-Type: text/plain; version=0.0.4; charset=utf
 const NAMES: &[&str] = &[
     "echoloop_connections_accepted_total",
     "echoloop_connections_rejected_total",
+    "echoloop_connections_rejected_per_source_total",
     "echoloop_connections_open",
     "echoloop_connections_closed_total",
     "echoloop_connections_reset_total",

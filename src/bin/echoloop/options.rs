@@ -81,7 +81,7 @@ pub struct Args {
     pub udp_rate_limit: Option<usize>,
 
     /// Most connections served at once (1 to 16,777,200); one more is
-    /// accepted and closed at once. [default: the open-files limit minus 64,
+    /// accepted and reset at once. [default: the open-files limit minus 64,
     /// or half of it when the limit is under 128]
     #[arg(long, value_name = "N", allow_negative_numbers = true,
           value_parser = count_up_to(Config::MAX_CONNECTIONS))]

@@ -60,11 +60,18 @@ const ROWS: &[Row] = &[
     Row {
         name: "echoloop_connections_rejected_total",
         kind: Kind::Counter,
-        help:
-            "Connections accepted and closed at once: over the connection limit or shutting down.",
+        help: "Connections accepted and reset at once: over the connection limit.",
         label: None,
         field: "rejected",
         value: |s| Value::Count(s.rejected),
+    },
+    Row {
+        name: "echoloop_connections_rejected_per_source_total",
+        kind: Kind::Counter,
+        help: "Connections accepted and reset at once: their source was over --max-per-source.",
+        label: None,
+        field: "rejected_per_source",
+        value: |s| Value::Count(s.rejected_per_source),
     },
     Row {
         name: "echoloop_connections_open",
