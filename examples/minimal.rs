@@ -25,7 +25,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Registry, Token};
 use slab::Slab;
 
-const USAGE: &str = "usage: minimal [--listen IP:PORT] (default 127.0.0.1:7007)";
+mod listen;
 
 // A connection's token is its slab key; the listener's, a key no slab reaches.
 const LISTENER: Token = Token(usize::MAX);
@@ -38,7 +38,7 @@ struct Conn {
 }
 
 fn main() {
-    let addr = listen_addr();
+    let addr = listen::addr("minimal");
     if let Err(e) = run(addr) {
         eprintln!("minimal: {e}");
         exit(1);
@@ -162,27 +162,4 @@ fn drive(conn: &mut Conn, buf: &mut [u8]) -> io::Result<bool> {
             Err(e) => return Err(e),
         }
     }
-}
-
-/// The address from `[--listen IP:PORT]`. `--help` prints the usage and
-/// exits 0; a bad argument prints one line and exits 2.
-fn listen_addr() -> SocketAddr {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let text = match args[..] {
-        [] => "127.0.0.1:7007",
-        ["-h" | "--help"] => {
-            println!("{USAGE}");
-            exit(0);
-        }
-        ["--listen", text] => text,
-        _ => usage_error(&format!("unexpected '{}'", args.join(" "))),
-    };
-    text.parse()
-        .unwrap_or_else(|_| usage_error(&format!("'{text}' is not IP:PORT")))
-}
-
-fn usage_error(message: &str) -> ! {
-    eprintln!("minimal: {message}; {USAGE}");
-    exit(2);
 }

@@ -22,10 +22,10 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::exit;
 
-const USAGE: &str = "usage: step1_blocking [--listen IP:PORT] (default 127.0.0.1:7007)";
+mod listen;
 
 fn main() {
-    let addr = listen_addr();
+    let addr = listen::addr("step1_blocking");
     if let Err(e) = run(addr) {
         eprintln!("step1_blocking: {e}");
         exit(1);
@@ -56,27 +56,4 @@ fn serve(mut stream: TcpStream) -> io::Result<()> {
         }
         stream.write_all(&buf[..n])?; // waits until the kernel took all of it
     }
-}
-
-/// The address from `[--listen IP:PORT]`. `--help` prints the usage and
-/// exits 0; a bad argument prints one line and exits 2.
-fn listen_addr() -> SocketAddr {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let text = match args[..] {
-        [] => "127.0.0.1:7007",
-        ["-h" | "--help"] => {
-            println!("{USAGE}");
-            exit(0);
-        }
-        ["--listen", text] => text,
-        _ => usage_error(&format!("unexpected '{}'", args.join(" "))),
-    };
-    text.parse()
-        .unwrap_or_else(|_| usage_error(&format!("'{text}' is not IP:PORT")))
-}
-
-fn usage_error(message: &str) -> ! {
-    eprintln!("step1_blocking: {message}; {USAGE}");
-    exit(2);
 }

@@ -24,10 +24,10 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::exit;
 use std::thread;
 
-const USAGE: &str = "usage: step2_threads [--listen IP:PORT] (default 127.0.0.1:7007)";
+mod listen;
 
 fn main() {
-    let addr = listen_addr();
+    let addr = listen::addr("step2_threads");
     if let Err(e) = run(addr) {
         eprintln!("step2_threads: {e}");
         exit(1);
@@ -60,27 +60,4 @@ fn serve(mut stream: TcpStream) -> io::Result<()> {
         }
         stream.write_all(&buf[..n])?;
     }
-}
-
-/// The address from `[--listen IP:PORT]`. `--help` prints the usage and
-/// exits 0; a bad argument prints one line and exits 2.
-fn listen_addr() -> SocketAddr {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let text = match args[..] {
-        [] => "127.0.0.1:7007",
-        ["-h" | "--help"] => {
-            println!("{USAGE}");
-            exit(0);
-        }
-        ["--listen", text] => text,
-        _ => usage_error(&format!("unexpected '{}'", args.join(" "))),
-    };
-    text.parse()
-        .unwrap_or_else(|_| usage_error(&format!("'{text}' is not IP:PORT")))
-}
-
-fn usage_error(message: &str) -> ! {
-    eprintln!("step2_threads: {message}; {USAGE}");
-    exit(2);
 }

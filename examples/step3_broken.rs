@@ -31,12 +31,12 @@ use std::process::exit;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 
+mod listen;
+
 const LISTENER: Token = Token(0);
 
-const USAGE: &str = "usage: step3_broken [--listen IP:PORT] (default 127.0.0.1:7007)";
-
 fn main() {
-    let addr = listen_addr();
+    let addr = listen::addr("step3_broken");
     if let Err(e) = run(addr) {
         eprintln!("step3_broken: {e}");
         exit(1);
@@ -107,27 +107,4 @@ fn run(addr: SocketAddr) -> io::Result<()> {
             }
         }
     }
-}
-
-/// The address from `[--listen IP:PORT]`. `--help` prints the usage and
-/// exits 0; a bad argument prints one line and exits 2.
-fn listen_addr() -> SocketAddr {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let text = match args[..] {
-        [] => "127.0.0.1:7007",
-        ["-h" | "--help"] => {
-            println!("{USAGE}");
-            exit(0);
-        }
-        ["--listen", text] => text,
-        _ => usage_error(&format!("unexpected '{}'", args.join(" "))),
-    };
-    text.parse()
-        .unwrap_or_else(|_| usage_error(&format!("'{text}' is not IP:PORT")))
-}
-
-fn usage_error(message: &str) -> ! {
-    eprintln!("step3_broken: {message}; {USAGE}");
-    exit(2);
 }
