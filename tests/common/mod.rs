@@ -459,6 +459,31 @@ pub fn log_field(log: &str, prefix: &str, key: &str) -> Option<u64> {
     line[at..].split(' ').next()?.parse().ok()
 }
 
+// Counters, as tests of several topics read them.
+
+impl Server {
+    /// The server's counters now: sends SIGUSR1 and returns the `stats:`
+    /// line it logs in answer (waiting up to 10 s for it).
+    pub fn stats_line(&self) -> String {
+        let log = self.request_stats();
+        let line = log.lines().rev().find(|l| l.contains("stats:"));
+        line.unwrap_or_default().to_string()
+    }
+}
+
+/// `name`'s value in the `stats:` line `line`; panics if it has none.
+pub fn stat(line: &str, name: &str) -> u64 {
+    log_field(line, "stats:", name).unwrap_or_else(|| panic!("no {name} in {line:?}"))
+}
+
+/// Each loop's active connections from the last `stats:` line in `log`
+/// (`active_per_loop=[A,B]`, logged when the server runs several loops).
+pub fn per_loop(log: &str) -> Option<Vec<u64>> {
+    let line = log.lines().rev().find(|l| l.contains("stats:"))?;
+    let list = line.split("active_per_loop=[").nth(1)?.split(']').next()?;
+    list.split(',').map(|n| n.parse().ok()).collect()
+}
+
 /// Runs echoloop with `args`, expecting exit 1, nothing on stdout and
 /// exactly one stderr line containing "error"; returns that line for the
 /// caller's own check.

@@ -1,5 +1,7 @@
-//! Abuse tests: descriptor exhaustion, floods, idle clients, accept storms.
-//! Each fails without the protection it names.
+//! Limits that keep the server up under abuse: running out of
+//! descriptors, a flooding client, idle clients, accept storms,
+//! `--max-connections` (also exact over several loops) and
+//! `--max-per-source`. Each fails without the protection it names.
 
 mod common;
 
@@ -8,37 +10,9 @@ use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
-
-/// Reads a counter from the last `stats:` line the server logged.
-fn counter(server: &Server, name: &str) -> u64 {
-    let log = server.stderr();
-    let line = log
-        .lines()
-        .rev()
-        .find(|l| l.contains("stats: ") || l.contains("shutdown complete: "))
-        .unwrap_or_else(|| panic!("no stats line in {log}"));
-    let field = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix(&format!("{name}=")))
-        .unwrap_or_else(|| panic!("no {name} in {line}"));
-    field.parse().unwrap()
-}
-
-/// Asks the server for its counters (SIGUSR1) and waits for the log line.
-fn fresh_stats(server: &Server) {
-    let before = server.stderr().matches("stats: ").count();
-    server.signal(libc::SIGUSR1);
-    for _ in 0..500 {
-        if server.stderr().matches("stats: ").count() > before {
-            return;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-    panic!("no stats after SIGUSR1: {}", server.stderr());
-}
 
 #[test]
 fn out_of_descriptors_backs_off_without_spinning_and_recovers() {
@@ -98,8 +72,8 @@ fn out_of_descriptors_backs_off_without_spinning_and_recovers() {
             .expect("a waiting client was never served");
         assert_eq!(b[0], *i as u8);
     }
-    fresh_stats(&server);
-    assert!(counter(&server, "accept_backoffs") >= 1);
+    let stats = server.stats_line();
+    assert!(stat(&stats, "accept_backoffs") >= 1, "{stats}");
 }
 
 #[test]
@@ -152,10 +126,10 @@ fn a_flooding_client_does_not_starve_ping_pong_clients() {
     stop.store(true, Ordering::Relaxed);
     writer.join().unwrap();
     reader.join().unwrap();
-    fresh_stats(&server);
+    let stats = server.stats_line();
     assert!(
-        counter(&server, "budget_yields") > 0,
-        "the flood never yielded its turn"
+        stat(&stats, "budget_yields") > 0,
+        "the flood never yielded its turn: {stats}"
     );
 }
 
@@ -173,9 +147,9 @@ fn idle_timeout_closes_idle_connections_and_spares_active_ones() {
     }
     assert!(sees_close(&mut idle), "the idle connection was not closed");
     ping(&mut active, b"still open");
-    fresh_stats(&server);
-    assert_eq!(counter(&server, "closed_by_idle"), 1);
-    assert_eq!(counter(&server, "active"), 1);
+    let stats = server.stats_line();
+    assert_eq!(stat(&stats, "closed_by_idle"), 1, "{stats}");
+    assert_eq!(stat(&stats, "active"), 1, "{stats}");
 }
 
 #[test]
@@ -219,11 +193,92 @@ fn an_accept_storm_does_not_stop_established_clients() {
         w.join().unwrap();
     }
     assert!(exchanged > 0, "no echo completed during the storm");
-    fresh_stats(&server);
-    assert!(counter(&server, "accepted") >= 3010);
+    let stats = server.stats_line();
+    assert!(stat(&stats, "accepted") >= 3010, "{stats}");
     assert!(
-        counter(&server, "accept_yields") > 0,
-        "the per-turn accept limit never engaged"
+        stat(&stats, "accept_yields") > 0,
+        "the per-turn accept limit never engaged: {stats}"
+    );
+}
+
+#[test]
+fn connection_limit_closes_extra_connections_and_serves_the_rest() {
+    let server = Server::start(&["--max-connections", "3"]);
+    let addr = server.addr();
+    let mut kept: Vec<_> = (0..3).map(|_| connect(addr)).collect();
+    for (i, c) in kept.iter_mut().enumerate() {
+        ping(c, format!("hello {i}").as_bytes());
+    }
+    let mut extra = connect(addr);
+    extra
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let _ = extra.write_all(b"anyone?");
+    assert!(sees_close(&mut extra), "the 4th connection was not closed");
+    for c in kept.iter_mut() {
+        ping(c, b"still here");
+    }
+    // Free a slot: a new client is served again.
+    drop(kept.pop());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut c = connect(addr);
+        c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        if c.write_all(b"x").is_ok() {
+            let mut b = [0u8; 1];
+            if matches!(c.read(&mut b), Ok(1)) {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "no slot freed after a close");
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        server.log_contains("connection limit (3) reached"),
+        "stderr: {}",
+        server.stderr()
+    );
+}
+
+#[test]
+fn max_connections_is_exact_over_two_loops() {
+    let server = Server::start(&["--threads", "2", "--max-connections", "8"]);
+    let mut served: Vec<TcpStream> = (0..8).map(|_| connect(server.addr())).collect();
+    for c in &mut served {
+        ping(c, b"in");
+    }
+    // Every extra connection, whichever loop the kernel hands it to, is
+    // closed at once.
+    for _ in 0..3 {
+        for _ in 0..8 {
+            let mut extra = connect(server.addr());
+            let _ = extra.write_all(b"x");
+            assert!(sees_close(&mut extra), "a 9th connection was served");
+        }
+        // One leaves; its slot is free again for a newcomer on either loop.
+        served.pop();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let newcomer = loop {
+            let mut c = connect(server.addr());
+            if c.write_all(b"new").is_ok() {
+                let mut back = [0u8; 3];
+                if c.read_exact(&mut back).is_ok() {
+                    break c;
+                }
+            }
+            assert!(Instant::now() < deadline, "a freed slot was never reused");
+            thread::sleep(Duration::from_millis(10));
+        };
+        served.push(newcomer);
+    }
+    for c in &mut served {
+        ping(c, b"still");
+    }
+    let stats = server.stats_line();
+    assert_eq!(stat(&stats, "active"), 8, "{stats}");
+    assert!(
+        stat(&stats, "rejected") >= 24,
+        "extras not counted: {stats}"
     );
 }
 
@@ -277,21 +332,18 @@ fn one_source_cannot_take_more_than_max_per_source() {
     // A close gives the source its slot back (the close is seen a moment
     // after ours: try until served, bounded).
     drop(first.pop());
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let mut again = connect_from("127.0.0.2", addr);
         if served(&mut again) {
             break;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the slot never came back"
-        );
+        assert!(Instant::now() < deadline, "the slot never came back");
         thread::sleep(Duration::from_millis(20));
     }
-    fresh_stats(&server);
-    assert!(counter(&server, "rejected_per_source") >= 1);
-    assert_eq!(counter(&server, "rejected"), 0);
+    let stats = server.stats_line();
+    assert!(stat(&stats, "rejected_per_source") >= 1, "{stats}");
+    assert_eq!(stat(&stats, "rejected"), 0, "{stats}");
 }
 
 #[test]
@@ -303,7 +355,7 @@ fn max_per_source_is_exact_over_several_loops() {
     let mut clients: Vec<TcpStream> = (0..20).map(|_| connect_from("127.0.0.4", addr)).collect();
     let served_count = clients.iter_mut().map(served).filter(|&ok| ok).count();
     assert_eq!(served_count, 5);
-    fresh_stats(&server);
-    assert_eq!(counter(&server, "rejected_per_source"), 15);
-    assert_eq!(counter(&server, "active"), 5);
+    let stats = server.stats_line();
+    assert_eq!(stat(&stats, "rejected_per_source"), 15, "{stats}");
+    assert_eq!(stat(&stats, "active"), 5, "{stats}");
 }
