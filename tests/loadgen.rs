@@ -72,6 +72,43 @@ fn every_mode_runs_clean_against_echoloop() {
     assert_eq!(loadgen(&["once", "--addr", &addr, "hello, echo"]), 0);
 }
 
+/// The load generator's `--threads` (each thread its own loop and share of
+/// the connections, every byte verified, results merged) against both
+/// multi-threaded servers: echoloop with two loops and tokio's
+/// multi_thread peer with two workers.
+#[test]
+fn threads_drive_both_multi_threaded_servers() {
+    let echoloop = Server::start(&["--threads", "2"]);
+    let mut cmd = Command::new(loadgen_bin());
+    cmd.args(["tokio-echo", "--threads", "2", "--listen", "127.0.0.1:0"]);
+    let tokio = Server::spawn(cmd, 1);
+    for addr in [echoloop.addr(), tokio.addr()] {
+        for mode in [
+            &["pingpong", "-c", "50", "-d", "4"][..],
+            &["stream", "-c", "4"],
+        ] {
+            let target = addr.to_string();
+            let args: Vec<&str> = mode
+                .iter()
+                .copied()
+                .chain(["--threads", "2", "--duration", "0.3", "--warmup", "0.1"])
+                .chain(["--addr", &target])
+                .collect();
+            let (code, json) = loadgen_json(&args);
+            assert_eq!(code, 0, "{mode:?} {addr}: {json}");
+            for (name, want) in [("threads", 2), ("errors", 0), ("mismatches", 0)] {
+                assert_eq!(json_number(&json, name), want, "{mode:?} {addr}: {json}");
+            }
+            let conns = if mode[0] == "pingpong" { 50 } else { 4 };
+            assert_eq!(json_number(&json, "conns"), conns, "{json}");
+            assert!(json_number(&json, "msgs") > 0, "no traffic: {json}");
+        }
+    }
+    // The echoloop under test really ran two loops.
+    let log = echoloop.request_stats();
+    assert_eq!(per_loop(&log).map(|l| l.len()), Some(2), "{log}");
+}
+
 #[test]
 fn mismatched_echoes_fail_the_run() {
     let addr = corrupting_server(100_000).to_string();
