@@ -209,6 +209,17 @@ fn bad_udp_values_are_usage_errors() {
         assert!(stderr.contains("--udp"), "{stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
+    for bad in ["0", "-1", "10000001", "many"] {
+        let out = run(&["--udp", "127.0.0.1:0", "--udp-rate-limit", bad]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "--udp-rate-limit {bad}");
+        assert!(
+            stderr.starts_with(&format!(
+                "error: invalid value '{bad}' for '--udp-rate-limit"
+            )),
+            "{stderr}"
+        );
+    }
     let out = run(&["--udp"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2));

@@ -4,7 +4,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::Duration;
@@ -560,6 +560,137 @@ fn json_float(json: &str, name: &str) -> f64 {
     value[name]
         .as_f64()
         .unwrap_or_else(|| panic!("{name} is not a number in {json}"))
+}
+
+// ---------------------------------------------------------------------
+// The `udp` mode and the tokio UDP peer.
+
+#[test]
+fn udp_runs_clean_against_echoloop_and_the_tokio_peer() {
+    let mut cmd = Command::new(server_bin());
+    cmd.args(["--listen", "127.0.0.1:0"]);
+    cmd.args(["--udp", "127.0.0.1:0", "--udp", "[::1]:0"]);
+    // One `listening on` line for TCP, then one per UDP address.
+    let server = Server::spawn(cmd, 3);
+    let udp = &server.addrs[1..];
+    let mut tokio = Command::new(loadgen_bin());
+    tokio.args(["tokio-udp-echo", "--listen", "127.0.0.1:0"]);
+    let tokio = Server::spawn(tokio, 1);
+    let targets = [
+        udp[0].to_string(),
+        udp[1].to_string(),
+        tokio.addr().to_string(),
+    ];
+    for (addr, conns, size) in [
+        (&targets[0], "20", "64"),
+        (&targets[0], "2", "0"),
+        (&targets[0], "2", "65507"),
+        (&targets[1], "4", "65527"),
+        (&targets[2], "20", "64"),
+    ] {
+        let args = [
+            "udp",
+            "--addr",
+            addr,
+            "-c",
+            conns,
+            "-s",
+            size,
+            "--duration",
+            "0.4",
+            "--warmup",
+            "0.1",
+        ];
+        let (code, json) = loadgen_json(&args);
+        assert_eq!(code, 0, "loadgen {args:?}: {json}");
+        assert_eq!(json_number(&json, "mismatches"), 0, "{json}");
+        assert_eq!(json_number(&json, "errors"), 0, "{json}");
+        assert!(json_number(&json, "msgs") > 0, "{json}");
+        assert!(
+            json_number(&json, "sent") >= json_number(&json, "lost"),
+            "{json}"
+        );
+    }
+}
+
+/// A UDP echo peer on a thread that damages its replies: `corrupt` flips a
+/// byte in every 50th datagram; otherwise every 50th reply goes to the
+/// previous datagram's sender instead.
+fn bad_udp_peer(corrupt: bool) -> SocketAddr {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = socket.local_addr().unwrap();
+    thread::spawn(move || {
+        let mut buf = vec![0u8; 65_536];
+        let mut previous = None;
+        for i in 1u64.. {
+            let Ok((n, from)) = socket.recv_from(&mut buf) else {
+                return;
+            };
+            let mut to = from;
+            if i % 50 == 0 {
+                if corrupt {
+                    buf[n / 2] ^= 0x5a;
+                } else if let Some(p) = previous.filter(|p| *p != from) {
+                    to = p;
+                }
+            }
+            previous = Some(from);
+            let _ = socket.send_to(&buf[..n], to);
+        }
+    });
+    addr
+}
+
+#[test]
+fn udp_catches_a_corrupting_or_misdelivering_peer() {
+    for corrupt in [true, false] {
+        let addr = bad_udp_peer(corrupt).to_string();
+        let args = [
+            "udp",
+            "--addr",
+            &addr,
+            "-c",
+            "8",
+            "-s",
+            "64",
+            "--duration",
+            "0.4",
+            "--warmup",
+            "0",
+        ];
+        let (code, json) = loadgen_json(&args);
+        assert_eq!(code, 1, "corrupt={corrupt}: {json}");
+        assert!(json_number(&json, "mismatches") > 0, "{json}");
+    }
+    // Nobody there: nothing echoed is an error, not a clean run.
+    let gone = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let (code, _) = loadgen_json(&[
+        "udp",
+        "--addr",
+        &gone,
+        "-c",
+        "1",
+        "--duration",
+        "0.2",
+        "--timeout",
+        "50",
+    ]);
+    assert_eq!(code, 1);
+}
+
+#[test]
+fn udp_and_the_tokio_udp_peer_have_help_and_refuse_bad_values() {
+    let run = |args: &[&str]| echoloop_loadgen::main_with_args(args.iter().map(|s| s.to_string()));
+    assert_eq!(run(&["udp", "--help"]), 0);
+    assert_eq!(run(&["tokio-udp-echo", "--help"]), 0);
+    assert_eq!(run(&["udp", "-s", "65528"]), 2);
+    assert_eq!(run(&["udp", "-s", "-1"]), 2);
+    assert_eq!(run(&["udp", "--addr", "nowhere"]), 2);
+    assert_eq!(run(&["tokio-udp-echo", "--listen", "nowhere"]), 2);
 }
 
 // ---------------------------------------------------------------------
