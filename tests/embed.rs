@@ -152,7 +152,7 @@ fn two_servers_share_one_poll_and_host_events_are_untouched() {
 }
 
 #[test]
-fn issue_10_handle_events_serves_the_batch_and_leaves_the_hosts_events() {
+fn handle_events_serves_the_batch_and_leaves_the_hosts_events() {
     // One server and two host sources in one Poll; the host hands each
     // whole batch to `handle_events` and serves only what it reports left.
     let mut poll = Poll::new().unwrap();
@@ -286,7 +286,7 @@ fn the_embed_example_serves_echo_and_its_own_udp() {
 }
 
 #[test]
-fn issue_9_the_embed_example_rejects_unknown_options() {
+fn the_embed_example_rejects_bad_arguments_with_exit_2() {
     for args in [
         &["--lisen", "127.0.0.1:0"][..],
         &["--listen"][..],
@@ -295,7 +295,7 @@ fn issue_9_the_embed_example_rejects_unknown_options() {
         let out = Command::new(example_bin("embed"))
             .args(args)
             .stdin(Stdio::null())
-            .output()
+            .output_within()
             .expect("run examples/embed");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
@@ -307,7 +307,7 @@ fn issue_9_the_embed_example_rejects_unknown_options() {
 }
 
 #[test]
-fn issue_9_the_embed_example_shuts_down_gracefully_on_sigterm() {
+fn the_embed_example_shuts_down_gracefully_on_sigterm() {
     // Standard input stays open (piped, never written), so only the signal
     // can end the example.
     let (mut child, tcp, _udp, rx) = start_embed_example();

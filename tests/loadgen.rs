@@ -147,7 +147,7 @@ fn final_stat(log: &str, name: &str) -> u64 {
 }
 
 #[test]
-fn issue_9_tokio_echo_is_a_listed_subcommand_with_help() {
+fn tokio_echo_is_a_listed_subcommand_with_help() {
     assert_eq!(loadgen(&["tokio-echo", "--help"]), 0);
     assert_eq!(loadgen(&["help", "tokio-echo"]), 0);
     assert_eq!(loadgen(&["tokio-echo", "--listen", "nowhere"]), 2);
@@ -165,7 +165,7 @@ fn issue_9_tokio_echo_is_a_listed_subcommand_with_help() {
 }
 
 #[test]
-fn issue_9_tokio_echo_on_port_0_says_where_it_listens_and_echoes() {
+fn tokio_echo_on_port_0_says_where_it_listens_and_echoes() {
     let mut cmd = Command::new(loadgen_bin());
     cmd.args(["tokio-echo", "--listen", "127.0.0.1:0"]);
     // Waits for `listening on IP:PORT` and parses the address.
@@ -209,7 +209,7 @@ fn once_prints_exactly_the_echoed_bytes() {
 }
 
 #[test]
-fn issue_9_stream_latency_is_measured_or_not_shown() {
+fn stream_latency_is_measured_or_not_shown() {
     let server = Server::start(&[]);
     let addr = server.addr().to_string();
     let stream = [
@@ -340,7 +340,7 @@ fn hold_counts_only_connections_whose_probe_is_echoed() {
 }
 
 #[test]
-fn issue_9_fin_close_is_an_orderly_close_for_the_server() {
+fn fin_close_is_an_orderly_close_for_the_server() {
     let mut server = Server::start(&[]);
     let addr = server.addr().to_string();
     let short = [

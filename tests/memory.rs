@@ -1,5 +1,5 @@
-//! Issue 8, item 6: the memory bound holds under clients that never read,
-//! and resident memory goes back down once they have gone.
+//! The memory bound holds under clients that never read, and resident
+//! memory goes back down once they have gone.
 
 mod common;
 
@@ -80,7 +80,7 @@ fn clients_that_fit() -> usize {
 }
 
 #[test]
-fn issue_8_pending_memory_is_bounded_and_given_back() {
+fn pending_memory_is_bounded_and_given_back() {
     let clients_count = clients_that_fit();
     assert!(
         clients_count >= 500,

@@ -142,7 +142,7 @@ impl Server {
                 .unwrap_or_else(|_| {
                     panic!("no 'listening on' line; stderr: {}", stderr.lock().unwrap())
                 });
-            // `listening on udp IP:PORT` lines (issue 12) follow the TCP ones.
+            // `listening on udp IP:PORT` lines follow the TCP ones.
             let addr = line
                 .strip_prefix("listening on ")
                 .map(|a| a.strip_prefix("udp ").unwrap_or(a))
