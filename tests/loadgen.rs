@@ -11,14 +11,50 @@ use std::time::Duration;
 
 use common::*;
 
-/// Runs the load generator in this process. Load modes get `--json`: the
-/// progress bar is drawn when stderr is a terminal, which it may be under
-/// `cargo test`, and never with `--json`.
+/// Runs the load generator's binary with `args` (bounded, standard input
+/// closed) and returns its exit code; its output is captured, and shown
+/// with the test's own if the test fails. Load modes get `--json`: the
+/// progress bar is drawn when stderr is a terminal, and never with `--json`.
 fn loadgen(args: &[&str]) -> i32 {
     let load_mode = ["pingpong", "pipelined", "stream", "churn", "hold", "udp"];
     let quiet = args.first().is_some_and(|m| load_mode.contains(m)) && !args.contains(&"--help");
     let json = quiet.then_some("--json");
-    echoloop_loadgen::main_with_args(args.iter().chain(json.iter()).map(|s| s.to_string()))
+    let args: Vec<&str> = args.iter().copied().chain(json).collect();
+    let (code, stdout) = loadgen_process(&args);
+    print!("{stdout}");
+    code
+}
+
+/// Runs the load generator's binary with `args`, which must be a usage
+/// error: exit 2, nothing on stdout, and clap's one `error:` line saying
+/// what is wrong (it contains `says`).
+fn usage_error(args: &[&str], says: &str) {
+    let out = Command::new(loadgen_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output_within()
+        .expect("run the load generator");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+    assert!(out.stdout.is_empty(), "{args:?}: {out:?}");
+    let first = stderr.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with("error: ") && first.contains(says),
+        "{args:?}: expected an error line with {says:?}, got:\n{stderr}"
+    );
+}
+
+/// The load generator's help for `args` (which end in `--help`, or are
+/// `help MODE`): exit 0, the usage on stdout, nothing on stderr.
+fn help_text(args: &[&str]) -> String {
+    let out = Command::new(loadgen_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output_within()
+        .expect("run the load generator");
+    assert_eq!(out.status.code(), Some(0), "{args:?}: {out:?}");
+    assert!(out.stderr.is_empty(), "{args:?}: {out:?}");
+    String::from_utf8(out.stdout).expect("utf-8 help")
 }
 
 /// An echo server on a thread that corrupts one byte in every `every`.
@@ -148,20 +184,22 @@ fn final_stat(log: &str, name: &str) -> u64 {
 
 #[test]
 fn tokio_echo_is_a_listed_subcommand_with_help() {
-    assert_eq!(loadgen(&["tokio-echo", "--help"]), 0);
-    assert_eq!(loadgen(&["help", "tokio-echo"]), 0);
-    assert_eq!(loadgen(&["tokio-echo", "--listen", "nowhere"]), 2);
-    assert_eq!(loadgen(&["tokio-echo", "--bogus"]), 2);
-    let (code, help) = loadgen_process(&["--help"]);
-    assert_eq!(code, 0);
+    for args in [&["tokio-echo", "--help"][..], &["help", "tokio-echo"]] {
+        let help = help_text(args);
+        assert!(help.contains("Usage: loadgen tokio-echo"), "{help}");
+        assert!(help.contains("--listen"), "{help}");
+    }
+    usage_error(
+        &["tokio-echo", "--listen", "nowhere"],
+        "'nowhere' is not IP:PORT",
+    );
+    usage_error(&["tokio-echo", "--bogus"], "unexpected argument '--bogus'");
+    let help = help_text(&["--help"]);
     assert!(
         help.lines()
             .any(|l| l.trim_start().starts_with("tokio-echo")),
         "tokio-echo is not listed in --help:\n{help}"
     );
-    let (code, help) = loadgen_process(&["tokio-echo", "--help"]);
-    assert_eq!(code, 0);
-    assert!(help.contains("--listen"), "{help}");
 }
 
 #[test]
@@ -520,8 +558,11 @@ fn each_mode_lists_only_the_options_that_apply_to_it() {
         }
     }
     // An option of another mode is a usage error.
-    assert_eq!(loadgen(&["udp", "--threads", "2"]), 2);
-    assert_eq!(loadgen(&["churn", "--depth", "2"]), 2);
+    usage_error(
+        &["udp", "--threads", "2"],
+        "unexpected argument '--threads'",
+    );
+    usage_error(&["churn", "--depth", "2"], "unexpected argument '--depth'");
 }
 
 #[test]
@@ -684,13 +725,20 @@ fn udp_catches_a_corrupting_or_misdelivering_peer() {
 
 #[test]
 fn udp_and_the_tokio_udp_peer_have_help_and_refuse_bad_values() {
-    let run = |args: &[&str]| echoloop_loadgen::main_with_args(args.iter().map(|s| s.to_string()));
-    assert_eq!(run(&["udp", "--help"]), 0);
-    assert_eq!(run(&["tokio-udp-echo", "--help"]), 0);
-    assert_eq!(run(&["udp", "-s", "65528"]), 2);
-    assert_eq!(run(&["udp", "-s", "-1"]), 2);
-    assert_eq!(run(&["udp", "--addr", "nowhere"]), 2);
-    assert_eq!(run(&["tokio-udp-echo", "--listen", "nowhere"]), 2);
+    let help = help_text(&["udp", "--help"]);
+    assert!(help.contains("Usage: loadgen udp"), "{help}");
+    let help = help_text(&["tokio-udp-echo", "--help"]);
+    assert!(help.contains("Usage: loadgen tokio-udp-echo"), "{help}");
+    usage_error(
+        &["udp", "-s", "65528"],
+        "'65528' is not a datagram size: give 0 to 65527",
+    );
+    usage_error(&["udp", "-s", "-1"], "'-1'");
+    usage_error(&["udp", "--addr", "nowhere"], "'nowhere' is not IP:PORT");
+    usage_error(
+        &["tokio-udp-echo", "--listen", "nowhere"],
+        "'nowhere' is not IP:PORT",
+    );
 }
 
 // ---------------------------------------------------------------------
@@ -923,9 +971,9 @@ fn an_impossible_rate_is_reported_behind_schedule() {
 
 #[test]
 fn rate_is_refused_where_it_does_not_apply_or_is_not_a_rate() {
-    assert_eq!(loadgen(&["stream", "--rate", "100"]), 2);
-    assert_eq!(loadgen(&["churn", "--rate", "100"]), 2);
-    assert_eq!(loadgen(&["pingpong", "--rate", "0"]), 2);
-    assert_eq!(loadgen(&["pingpong", "--rate", "-5"]), 2);
-    assert_eq!(loadgen(&["udp", "--rate", "fast"]), 2);
+    usage_error(&["stream", "--rate", "100"], "unexpected argument '--rate'");
+    usage_error(&["churn", "--rate", "100"], "unexpected argument '--rate'");
+    usage_error(&["pingpong", "--rate", "0"], "'0' is not a rate");
+    usage_error(&["pingpong", "--rate", "-5"], "'-5'");
+    usage_error(&["udp", "--rate", "fast"], "'fast' is not a rate");
 }

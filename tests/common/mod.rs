@@ -65,8 +65,13 @@ fn cargo_built(what: &[&str]) -> PathBuf {
         if release {
             cmd.arg("--release");
         }
-        let status = cmd.status().expect("run cargo build");
-        assert!(status.success(), "cargo build {key} failed");
+        // Captured: nothing of it shows among passing tests.
+        let out = cmd.output().expect("run cargo build");
+        assert!(
+            out.status.success(),
+            "cargo build {key} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         built.push(key);
     }
     dir
