@@ -122,7 +122,7 @@ fn send_all_then_read(stream: &mut TcpStream, total: usize) -> usize {
     let mut buf = vec![0u8; 65536];
     let mut first = true;
     loop {
-        let n = match stream.read(&mut buf) {
+        let n = match read_some(stream, &mut buf) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == ErrorKind::ConnectionReset => break,

@@ -49,7 +49,7 @@ fn out_of_descriptors_backs_off_without_spinning_and_recovers() {
         c.set_read_timeout(Some(Duration::from_millis(200)))
             .unwrap();
         let mut b = [0u8; 1];
-        match c.read(&mut b) {
+        match read_some(&mut c, &mut b) {
             Ok(1) => {
                 assert_eq!(b[0], i as u8);
                 served.push(c);
@@ -99,7 +99,7 @@ fn a_flooding_client_does_not_starve_ping_pong_clients() {
     let reader = thread::spawn(move || {
         let mut buf = vec![0u8; 256 * 1024];
         while !stop_r.load(Ordering::Relaxed) {
-            match flood_reader.read(&mut buf) {
+            match read_some(&mut flood_reader, &mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => counted.fetch_add(n as u64, Ordering::Relaxed),
             };
@@ -226,7 +226,7 @@ fn connection_limit_closes_extra_connections_and_serves_the_rest() {
         c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         if c.write_all(b"x").is_ok() {
             let mut b = [0u8; 1];
-            if matches!(c.read(&mut b), Ok(1)) {
+            if matches!(read_some(&mut c, &mut b), Ok(1)) {
                 break;
             }
         }
@@ -304,7 +304,7 @@ fn served(stream: &mut TcpStream) -> bool {
         return false;
     }
     let mut byte = [0u8; 1];
-    match stream.read(&mut byte) {
+    match read_some(stream, &mut byte) {
         Ok(1) => true,
         Ok(n) => panic!("read {n} bytes: a refused connection must be reset, not closed"),
         Err(e) => {

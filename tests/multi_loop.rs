@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -108,7 +108,7 @@ fn shutdown_drains_every_loop_then_fin_and_exit_0() {
                     let mut reader = &stream;
                     while received < TOTAL {
                         let want = buf.len().min(TOTAL - received);
-                        let n = reader.read(&mut buf[..want]).expect("read echo");
+                        let n = read_some(&mut reader, &mut buf[..want]).expect("read echo");
                         assert!(n > 0, "EOF after {received} of {TOTAL} bytes");
                         rest.fill(&mut expected[..n]);
                         assert!(buf[..n] == expected[..n], "mismatch near {received}");
@@ -118,7 +118,7 @@ fn shutdown_drains_every_loop_then_fin_and_exit_0() {
                     finish_sending(&stream);
                     // Every byte came back: now an orderly FIN, not a reset.
                     let mut tail = [0u8; 16];
-                    match reader.read(&mut tail) {
+                    match read_some(&mut reader, &mut tail) {
                         Ok(0) => {}
                         other => panic!("expected FIN after the echo, got {other:?}"),
                     }
@@ -140,7 +140,7 @@ fn shutdown_drains_every_loop_then_fin_and_exit_0() {
         for c in &mut idle {
             finish_sending(c);
             let mut buf = [0u8; 8];
-            match c.read(&mut buf) {
+            match read_some(c, &mut buf) {
                 Ok(0) => {}
                 other => panic!("expected FIN on an idle connection, got {other:?}"),
             }
@@ -310,7 +310,7 @@ fn read_until_eof_verified(mut stream: &TcpStream, seed: u64) -> usize {
     let (mut buf, mut expected) = (vec![0u8; 65536], vec![0u8; 65536]);
     let mut received = 0;
     loop {
-        let n = stream.read(&mut buf).expect("read echo");
+        let n = read_some(&mut stream, &mut buf).expect("read echo");
         if n == 0 {
             return received;
         }

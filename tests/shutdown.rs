@@ -247,9 +247,7 @@ fn a_client_still_open_at_the_deadline_is_reset_and_counted() {
         .expect("server did not exit at its deadline");
     assert_eq!(status.code(), Some(0));
     let mut buf = [0u8; 8];
-    let err = idle
-        .read(&mut buf)
-        .expect_err("an orderly FIN, not a reset");
+    let err = read_some(&mut idle, &mut buf).expect_err("an orderly FIN, not a reset");
     assert_eq!(err.kind(), ErrorKind::ConnectionReset);
     let log = server.stderr();
     assert_eq!(
@@ -378,9 +376,7 @@ fn two_signals_back_to_back(threads: &str) {
         let log = server.stderr();
         assert!(log.contains("second signal"), "trial {trial}: {log}");
         let mut buf = [0u8; 8];
-        let err = open
-            .read(&mut buf)
-            .expect_err("a FIN for a client cut short");
+        let err = read_some(&mut open, &mut buf).expect_err("a FIN for a client cut short");
         assert_eq!(err.kind(), ErrorKind::ConnectionReset, "trial {trial}");
     }
 }

@@ -325,7 +325,7 @@ pub fn read_verified(mut stream: &TcpStream, seed: u64, total: usize) -> usize {
     let mut received = 0;
     while received < total {
         let want = buf.len().min(total - received);
-        let n = stream.read(&mut buf[..want]).expect("read echo");
+        let n = read_some(&mut stream, &mut buf[..want]).expect("read echo");
         assert!(n > 0, "EOF after {received} of {total} bytes");
         pattern.fill(&mut expected[..n]);
         if buf[..n] != expected[..n] {
@@ -349,7 +349,7 @@ pub fn ping(stream: &mut TcpStream, msg: &[u8]) {
 /// false if data arrived or the read timed out.
 pub fn sees_close(stream: &mut TcpStream) -> bool {
     let mut buf = [0u8; 16];
-    match stream.read(&mut buf) {
+    match read_some(stream, &mut buf) {
         Ok(0) => true,
         Ok(_) => false,
         Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
@@ -388,11 +388,7 @@ pub fn host_turn(
     events: &mut mio::Events,
     timeout: Duration,
 ) {
-    match poll.poll(events, Some(timeout)) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => events.clear(),
-        Err(e) => panic!("poll: {e}"),
-    }
+    poll_turn(poll, events, Some(timeout));
     let now = Instant::now();
     server.handle_events(poll.registry(), events, now).unwrap();
     server.handle_timeout(poll.registry(), now).unwrap();
@@ -462,6 +458,44 @@ pub fn log_field(log: &str, prefix: &str, key: &str) -> Option<u64> {
     let line = log.lines().rev().find(|l| l.contains(prefix))?;
     let at = line.find(&format!(" {key}="))? + key.len() + 2;
     line[at..].split(' ').next()?.parse().ok()
+}
+
+// Reads that an interruption does not end.
+
+/// `read`, again if interrupted. A read on a socket with a timeout fails
+/// with `Interrupted` when this process is stopped and continued (a
+/// debugger, a cgroup freezer), even with no signal handler installed; that
+/// is no answer from the peer.
+pub fn read_some(stream: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        match stream.read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
+/// `poll` for a host loop's turn: an interrupted poll (a signal, a stop and
+/// continue) is a turn with no events.
+pub fn poll_turn(poll: &mut mio::Poll, events: &mut mio::Events, timeout: Option<Duration>) {
+    match poll.poll(events, timeout) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => events.clear(),
+        Err(e) => panic!("poll: {e}"),
+    }
+}
+
+/// `recv_from`, again if interrupted (see [`read_some`]).
+pub fn recv_some(
+    socket: &std::net::UdpSocket,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, SocketAddr)> {
+    loop {
+        match socket.recv_from(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
 }
 
 // Counters, as tests of several topics read them.
@@ -576,8 +610,7 @@ pub fn udp_round_trip(
 ) -> usize {
     let sent = c.send_to(msg, server).expect("send datagram");
     assert_eq!(sent, msg.len());
-    let (n, from) = c
-        .recv_from(buf)
+    let (n, from) = recv_some(c, buf)
         .unwrap_or_else(|e| panic!("no echo of a {}-byte datagram: {e}", msg.len()));
     assert_eq!(from, server, "reply from the wrong address");
     n
