@@ -11,11 +11,28 @@ use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
+
+/// Loopback is shared by every test of this file: a UDP flood fills the
+/// kernel's per-CPU queue of loopback packets (`net.core.netdev_max_backlog`,
+/// drops counted in /proc/net/softnet_stat), and any datagram sent beside
+/// it may be dropped. The flood holds this lock alone; every test that
+/// counts on each of its datagrams arriving holds it shared.
+static LOOPBACK: RwLock<()> = RwLock::new(());
+
+/// Loopback shared with tests that lose nothing (see [`LOOPBACK`]).
+fn loopback_without_flood() -> RwLockReadGuard<'static, ()> {
+    LOOPBACK.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Loopback to ourselves, for a flood (see [`LOOPBACK`]).
+fn loopback_for_a_flood() -> RwLockWriteGuard<'static, ()> {
+    LOOPBACK.write().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Starts echoloop with one TCP listener and the given `--udp` addresses;
 /// returns it and the bound UDP addresses.
@@ -65,6 +82,7 @@ fn check_sizes(server: SocketAddr, max: usize) -> usize {
 
 #[test]
 fn every_size_up_to_the_maximum_comes_back_exact() {
+    let _loopback = loopback_without_flood();
     // A 1-byte TCP read buffer: UDP must still receive whole datagrams.
     let (server, udp) = start_udp(&["127.0.0.1:0", "[::1]:0"], &["--read-buffer", "1"]);
     assert!(udp[0].is_ipv4() && udp[1].is_ipv6());
@@ -85,6 +103,7 @@ fn every_size_up_to_the_maximum_comes_back_exact() {
 
 #[test]
 fn many_clients_at_once_each_get_only_their_own_datagrams() {
+    let _loopback = loopback_without_flood();
     let (server, udp) = start_udp(&["127.0.0.1:0"], &[]);
     let addr = udp[0];
     const CLIENTS: u32 = 32;
@@ -119,6 +138,7 @@ fn many_clients_at_once_each_get_only_their_own_datagrams() {
 
 #[test]
 fn datagrams_from_protected_source_ports_get_no_answer_and_are_counted() {
+    let _loopback = loopback_without_flood();
     let (server, udp) = start_udp(&["127.0.0.1:0"], &[]);
     let addr = udp[0];
     let mut protected = Vec::new();
@@ -167,6 +187,7 @@ fn datagrams_from_protected_source_ports_get_no_answer_and_are_counted() {
 
 #[test]
 fn the_optional_rate_limit_caps_replies_per_source_ip() {
+    let _loopback = loopback_without_flood();
     const RATE: u64 = 10;
     let (server, udp) = start_udp(&["127.0.0.1:0"], &["--udp-rate-limit", "10"]);
     let addr = udp[0];
@@ -212,6 +233,7 @@ fn the_optional_rate_limit_caps_replies_per_source_ip() {
 
 #[test]
 fn a_udp_flood_does_not_stop_tcp_echoes_nor_a_tcp_stream_udp_echoes() {
+    let _loopback = loopback_for_a_flood();
     let (server, udp) = start_udp(&["127.0.0.1:0"], &[]);
     let addr = udp[0];
     let stop = Arc::new(AtomicBool::new(false));
@@ -291,6 +313,7 @@ fn a_udp_flood_does_not_stop_tcp_echoes_nor_a_tcp_stream_udp_echoes() {
 
 #[test]
 fn shutdown_with_udp_exits_0_promptly_and_stops_answering() {
+    let _loopback = loopback_without_flood();
     let (mut server, udp) = start_udp(&["127.0.0.1:0", "[::1]:0"], &["--shutdown-timeout", "30"]);
     let c = udp_client_for(udp[0]);
     let mut buf = [0u8; 16];
@@ -338,6 +361,7 @@ fn udp_sockets_on(port: u16) -> usize {
 
 #[test]
 fn with_two_loops_each_loop_has_its_own_udp_socket_and_every_client_is_answered() {
+    let _loopback = loopback_without_flood();
     let (server, udp) = start_udp(&["127.0.0.1:0"], &["--threads", "2"]);
     let addr = udp[0];
     // One `listening on udp` line, but one socket per loop on that port.
@@ -378,6 +402,7 @@ fn with_two_loops_each_loop_has_its_own_udp_socket_and_every_client_is_answered(
 /// so a source (or a forged victim address) got the limit once per loop.
 #[test]
 fn the_rate_limit_holds_for_a_source_spread_over_several_loops() {
+    let _loopback = loopback_without_flood();
     const RATE: u64 = 20;
     const SOCKETS: usize = 200;
     let (server, udp) = start_udp(
