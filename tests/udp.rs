@@ -342,20 +342,21 @@ fn shutdown_with_udp_exits_0_promptly_and_stops_answering() {
     assert!(recv_some(&c, &mut buf).is_err(), "answered after shutdown");
 }
 
-/// How many UDP sockets of this machine are bound to `port`, from
-/// /proc/net/udp (IPv4); the local address is the second column, `IP:PORT`
-/// in hex.
-fn udp_sockets_on(port: u16) -> usize {
+/// How many UDP sockets are bound to `addr` (IPv4), from /proc/net/udp,
+/// whose second column is the local address as hex `IP:PORT` (the IP as the
+/// kernel stores it, in network order). The address and not just the port:
+/// a socket of another test or process may have the same port elsewhere.
+fn udp_sockets_on(addr: SocketAddr) -> usize {
+    let SocketAddr::V4(addr) = addr else {
+        panic!("{addr} is not IPv4")
+    };
     let table = std::fs::read_to_string("/proc/net/udp").expect("/proc/net/udp");
-    let suffix = format!(":{port:04X}");
+    let ip = u32::from_ne_bytes(addr.ip().octets());
+    let local = format!("{ip:08X}:{:04X}", addr.port());
     table
         .lines()
         .skip(1)
-        .filter(|l| {
-            l.split_whitespace()
-                .nth(1)
-                .is_some_and(|a| a.ends_with(&suffix))
-        })
+        .filter(|l| l.split_whitespace().nth(1) == Some(local.as_str()))
         .count()
 }
 
@@ -366,7 +367,7 @@ fn with_two_loops_each_loop_has_its_own_udp_socket_and_every_client_is_answered(
     let addr = udp[0];
     // One `listening on udp` line, but one socket per loop on that port.
     assert_eq!(server.addrs.len(), 2, "one TCP and one UDP line");
-    assert_eq!(udp_sockets_on(addr.port()), 2, "a UDP socket per loop");
+    assert_eq!(udp_sockets_on(addr), 2, "a UDP socket per loop");
     // Many sources (the kernel spreads them over the loops by a hash of
     // the source): each gets exactly its own datagrams back.
     const CLIENTS: u32 = 48;
