@@ -372,7 +372,8 @@ fn every_example_reports_a_socket_error_with_one_line_and_exit_1() {
     for name in SERVERS {
         fails_with_one_line(name, &["--listen", &addr], 1, &addr);
     }
-    // The same port once closed: nothing listens there, the client is refused.
-    drop(taken);
-    fails_with_one_line(CLIENT, &["--addr", &addr], 1, &addr);
+    // A port nobody listens on: the client is refused.
+    let (_held, refused) = refused_addr();
+    let refused = refused.to_string();
+    fails_with_one_line(CLIENT, &["--addr", &refused], 1, &refused);
 }

@@ -166,13 +166,8 @@ fn mismatched_echoes_fail_the_run() {
 
 #[test]
 fn a_server_that_is_not_there_fails_the_smoke_test() {
-    // Bind and drop to find a port nobody listens on.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let (_held, addr) = refused_addr();
+    let addr = addr.to_string();
     assert_eq!(loadgen(&["once", "--addr", &addr, "anyone?"]), 1);
 }
 
@@ -704,11 +699,9 @@ fn udp_catches_a_corrupting_or_misdelivering_peer() {
         assert!(json_number(&json, "mismatches") > 0, "{json}");
     }
     // Nobody there: nothing echoed is an error, not a clean run.
-    let gone = UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string();
+    // A socket that never reads: no other can answer on its port.
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let gone = silent.local_addr().unwrap().to_string();
     let (code, _) = loadgen_json(&[
         "udp",
         "--addr",

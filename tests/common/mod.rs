@@ -498,6 +498,19 @@ pub fn recv_some(
     }
 }
 
+/// A loopback address where no one listens, and no one can while the
+/// returned socket lives: it holds the port (bound, never listening, without
+/// SO_REUSEADDR), so a connect there is refused. A port found by binding
+/// and dropping a listener may be taken by another test before it is used.
+pub fn refused_addr() -> (socket2::Socket, SocketAddr) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+        .expect("a TCP socket");
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    socket.bind(&any.into()).expect("bind a port");
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    (socket, addr)
+}
+
 // Counters, as tests of several topics read them.
 
 impl Server {
