@@ -182,11 +182,10 @@ fn a_second_signal_closes_every_loop_at_once() {
     // them up to the 60 s deadline.
     server.signal(libc::SIGTERM);
     assert!(server.log_contains("shutting down"));
-    thread::sleep(Duration::from_millis(400));
-    assert!(
-        server.wait_for_exit(Duration::ZERO).is_none(),
-        "exited early"
-    );
+    // Still serving every one of them after the first signal.
+    for c in &mut clients {
+        ping(c, b"still here");
+    }
     server.signal(libc::SIGTERM);
     let status = server
         .wait_for_exit(Duration::from_secs(10))
@@ -374,7 +373,9 @@ fn break_a_listener(pid: i32, port: u16) -> Result<(), String> {
 
 #[test]
 fn a_failed_listener_shuts_every_loop_down_and_exits_1() {
-    let mut server = Server::start(&["--threads", "2", "--shutdown-timeout", "10"]);
+    // The deadline is far: every client here closes, so none may be reset,
+    // however slow the machine.
+    let mut server = Server::start(&["--threads", "2", "--shutdown-timeout", "60"]);
     let addr = server.addr();
     // Transfers larger than the kernel's buffers are under way on both
     // loops when one loop's listener fails: each must still be echoed in
