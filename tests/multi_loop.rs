@@ -325,28 +325,9 @@ fn read_until_eof_verified(mut stream: &TcpStream, seed: u64) -> usize {
 /// shuts it down for reading, so the loop that owns it gets `EINVAL` from
 /// `accept`. Err (with the reason) where the kernel or rights do not allow.
 fn break_a_listener(pid: i32, port: u16) -> Result<(), String> {
-    // Listening sockets (state 0A) on `port`, by inode, from the server's
-    // own view of the TCP table.
-    let table =
-        std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).map_err(|e| e.to_string())?;
-    let suffix = format!(":{port:04X}");
-    let inodes: Vec<String> = table
-        .lines()
-        .skip(1)
-        .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .filter(|f| f.len() > 9 && f[1].ends_with(&suffix) && f[3] == "0A")
-        .map(|f| f[9].to_string())
-        .collect();
-    let fd = std::fs::read_dir(format!("/proc/{pid}/fd"))
+    let fd = *listening_fds(pid, port)
         .map_err(|e| e.to_string())?
-        .flatten()
-        .find_map(|entry| {
-            let target = std::fs::read_link(entry.path()).ok()?;
-            let target = target.to_str()?;
-            let inode = target.strip_prefix("socket:[")?.strip_suffix(']')?;
-            inodes.iter().any(|i| i == inode).then(|| entry.file_name())
-        })
-        .and_then(|name| name.to_str()?.parse::<i32>().ok())
+        .first()
         .ok_or("no listening socket found")?;
     // SAFETY: plain syscalls on descriptors we own or name by number; the
     // duplicate is closed before returning.

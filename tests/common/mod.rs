@@ -511,6 +511,40 @@ pub fn refused_addr() -> (socket2::Socket, SocketAddr) {
     (socket, addr)
 }
 
+/// The descriptors of process `pid` that are TCP sockets listening on
+/// `port` (IPv4 or IPv6): the listening sockets (state 0A) on that port in
+/// the process's view of the TCP tables, matched by inode with its open
+/// descriptors. Err if /proc cannot be read (the process is gone).
+pub fn listening_fds(pid: i32, port: u16) -> std::io::Result<Vec<i32>> {
+    let suffix = format!(":{port:04X}");
+    let mut inodes = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}"))?;
+        inodes.extend(
+            text.lines()
+                .skip(1)
+                .map(|l| l.split_whitespace().collect::<Vec<_>>())
+                .filter(|f| f.len() > 9 && f[1].ends_with(&suffix) && f[3] == "0A")
+                .map(|f| f[9].to_string()),
+        );
+    }
+    let mut fds = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))?.flatten() {
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue; // closed meanwhile
+        };
+        let inode = target
+            .to_str()
+            .and_then(|t| t.strip_prefix("socket:[")?.strip_suffix(']'));
+        if inode.is_some_and(|inode| inodes.iter().any(|i| i == inode)) {
+            if let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse().ok()) {
+                fds.push(fd);
+            }
+        }
+    }
+    Ok(fds)
+}
+
 // Counters, as tests of several topics read them.
 
 impl Server {
