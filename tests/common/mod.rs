@@ -512,19 +512,33 @@ pub fn refused_addr() -> (socket2::Socket, SocketAddr) {
 }
 
 /// The descriptors of process `pid` that are TCP sockets listening on
-/// `port` (IPv4 or IPv6): the listening sockets (state 0A) on that port in
-/// the process's view of the TCP tables, matched by inode with its open
-/// descriptors. Err if /proc cannot be read (the process is gone).
+/// `port` (IPv4 or IPv6).
 pub fn listening_fds(pid: i32, port: u16) -> std::io::Result<Vec<i32>> {
+    socket_fds(pid, &["tcp", "tcp6"], port, Some("0A"))
+}
+
+/// The descriptors of process `pid` that are sockets on local `port` in
+/// the /proc/net `tables` of its network namespace ("tcp", "tcp6", "udp",
+/// "udp6"), in `state` if given (as /proc shows it: "0A" is listening),
+/// matched by inode with its open descriptors. Asking /proc what a process
+/// holds is exact where a connect or a datagram to a freed port could reach
+/// whoever binds it next. Err if /proc cannot be read (the process is gone).
+pub fn socket_fds(
+    pid: i32,
+    tables: &[&str],
+    port: u16,
+    state: Option<&str>,
+) -> std::io::Result<Vec<i32>> {
     let suffix = format!(":{port:04X}");
     let mut inodes = Vec::new();
-    for table in ["tcp", "tcp6"] {
+    for table in tables {
         let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}"))?;
         inodes.extend(
             text.lines()
                 .skip(1)
                 .map(|l| l.split_whitespace().collect::<Vec<_>>())
-                .filter(|f| f.len() > 9 && f[1].ends_with(&suffix) && f[3] == "0A")
+                .filter(|f| f.len() > 9 && f[1].ends_with(&suffix))
+                .filter(|f| state.is_none_or(|state| f[3] == state))
                 .map(|f| f[9].to_string()),
         );
     }
