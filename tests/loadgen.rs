@@ -1,5 +1,6 @@
-//! The load generator (benches/loadgen) against echoloop, and against broken
-//! echo servers it must catch.
+//! The load generator (benches/loadgen): every mode against echoloop (one
+//! loop and two, TCP and UDP) and the tokio peers, against broken echo
+//! servers it must catch, open loop (`--rate`), and its command line.
 
 mod common;
 

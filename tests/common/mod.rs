@@ -498,6 +498,8 @@ pub fn recv_some(
     }
 }
 
+// Ports and sockets, as the kernel has them.
+
 /// A loopback address where no one listens, and no one can while the
 /// returned socket lives: it holds the port (bound, never listening, without
 /// SO_REUSEADDR), so a connect there is refused. A port found by binding
