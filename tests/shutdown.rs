@@ -128,6 +128,26 @@ fn streaming_client(stream: TcpStream, seed: u64, stop: Arc<AtomicBool>) -> Outc
     }
 }
 
+/// Waits (up to 20 s) until the server has accepted `n` connections that
+/// are still open. A connection the kernel has completed but the server
+/// has not yet accepted when shutdown begins is reset by the kernel as the
+/// listener closes, before any rule of ours: a test that means an accepted
+/// client waits for this before it signals.
+fn wait_until_accepted(server: &Server, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let stats = server.stats_line();
+        if stat(&stats, "active") >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} connections never accepted: {stats}"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn trials() -> usize {
     std::env::var("ECHOLOOP_TRIALS")
         .ok()
@@ -161,7 +181,8 @@ fn shutdown_race(trials: usize, hogs: usize) -> String {
                 thread::spawn(move || streaming_client(stream, seed + 100 + i, stop))
             })
             .collect();
-        thread::sleep(Duration::from_millis(100));
+        wait_until_accepted(&server, (fillers.len() + streamers.len()) as u64);
+        thread::sleep(Duration::from_millis(100)); // streaming meanwhile (not asserted)
         server.signal(libc::SIGTERM);
         // Streamers stop right after the signal; fillers start reading
         // 0 to 200 ms after it.
@@ -270,6 +291,7 @@ fn a_last_write_after_a_pause_is_echoed_before_our_fin() {
         let mut first = vec![0u8; 1000];
         pattern.fill(&mut first);
         client.write_all(&first).unwrap();
+        wait_until_accepted(&server, 1);
         server.signal(libc::SIGTERM);
         assert!(server.log_contains("shutting down"));
         // Longer than any "quiet" rule a server might guess with.
@@ -306,7 +328,8 @@ fn sigterm_echoes_everything_then_fins_after_the_clients_fin() {
         writer.write_all(&data).unwrap();
         finish_sending(&writer);
     });
-    thread::sleep(Duration::from_millis(300));
+    wait_until_accepted(&server, 2);
+    thread::sleep(Duration::from_millis(300)); // let the pipeline fill (not asserted)
     assert_eq!(listening_fds(server.pid(), addr.port()).unwrap().len(), 1);
     server.signal(libc::SIGTERM);
     assert!(server.log_contains("shutting down"));
