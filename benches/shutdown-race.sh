@@ -22,8 +22,9 @@ cleanup() {
     rm -f "$log"
 }
 trap cleanup EXIT
-# Built before the hogs start, so they load the race, not the compiler.
-cargo test --release --quiet --test shutdown --no-run 2>/dev/null
+# Built before the hogs start, so they load the race, not the compiler
+# (quiet unless the build fails).
+cargo test --release --quiet --test shutdown --no-run
 for _ in $(seq "$hogs"); do
     (while :; do :; done) &
     pids+=($!)

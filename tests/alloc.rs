@@ -58,13 +58,15 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 /// Runs `server` on this thread until `stop` (bounded at 60 s), counting
-/// this thread's allocations into `counter`; returns its counters.
+/// this thread's allocations into `counter` and publishing its
+/// `closed_by_peer` after each turn; returns its counters.
 fn serve_counted(
     server: &mut echoloop::EchoServer,
     poll: &mut Poll,
     counter: &'static AtomicU64,
     stop: &AtomicBool,
     probe_tx: &std::sync::mpsc::Sender<u64>,
+    closed: &AtomicU64,
 ) -> echoloop::Stats {
     let mut events = Events::with_capacity(256);
     TRACKED.with(|t| t.set(Some(counter)));
@@ -75,6 +77,7 @@ fn serve_counted(
     let give_up = Instant::now() + Duration::from_secs(60);
     while !stop.load(Ordering::Relaxed) && Instant::now() < give_up {
         host_turn(server, poll, &mut events, Duration::from_millis(10));
+        closed.store(server.stats().closed_by_peer, Ordering::Relaxed);
     }
     TRACKED.with(|t| t.set(None));
     server.stats()
@@ -89,8 +92,17 @@ fn the_echo_path_does_not_allocate_in_the_steady_state() {
     let stop = Arc::new(AtomicBool::new(false));
     let host_stop = stop.clone();
     let (probe_tx, probe_rx) = std::sync::mpsc::channel();
+    let closed = Arc::new(AtomicU64::new(0));
+    let host_closed = closed.clone();
     let host = thread::spawn(move || {
-        serve_counted(&mut server, &mut poll, &ALLOCATIONS, &host_stop, &probe_tx)
+        serve_counted(
+            &mut server,
+            &mut poll,
+            &ALLOCATIONS,
+            &host_stop,
+            &probe_tx,
+            &host_closed,
+        )
     });
 
     let probed = probe_rx.recv().unwrap();
@@ -118,7 +130,17 @@ fn the_echo_path_does_not_allocate_in_the_steady_state() {
     exchange(&mut clients, 200, &mut back);
     bulk(1);
     bulk(2);
-    thread::sleep(Duration::from_millis(100));
+    // The server has closed both bulk connections (their close returns
+    // buffers to the pool): that work is warm-up too, however late a
+    // starved server thread does it.
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while closed.load(Ordering::Relaxed) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the bulk connections never closed"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
     let before = ALLOCATIONS.load(Ordering::Relaxed);
     exchange(&mut clients, 2000, &mut back);
     let after_ping = ALLOCATIONS.load(Ordering::Relaxed);
@@ -176,6 +198,7 @@ fn two_loops_do_not_allocate_per_message() {
                     &TWO_LOOP_ALLOCATIONS,
                     &stop,
                     &probe_tx,
+                    &AtomicU64::new(0),
                 )
             })
         })
@@ -245,6 +268,7 @@ fn no_allocation_per_datagram_in_the_steady_state() {
             &UDP_ALLOCATIONS,
             &host_stop,
             &probe_tx,
+            &AtomicU64::new(0),
         )
     });
     let probed = probe_rx.recv().unwrap();

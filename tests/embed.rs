@@ -81,7 +81,7 @@ fn two_servers_share_one_poll_and_host_events_are_untouched() {
             .into_iter()
             .flatten()
             .min();
-            poll.poll(&mut events, timeout).unwrap();
+            poll_turn(&mut poll, &mut events, timeout);
             let now = Instant::now();
             for event in events.iter() {
                 let token = event.token();
@@ -152,7 +152,7 @@ fn two_servers_share_one_poll_and_host_events_are_untouched() {
 }
 
 #[test]
-fn issue_10_handle_events_serves_the_batch_and_leaves_the_hosts_events() {
+fn handle_events_serves_the_batch_and_leaves_the_hosts_events() {
     // One server and two host sources in one Poll; the host hands each
     // whole batch to `handle_events` and serves only what it reports left.
     let mut poll = Poll::new().unwrap();
@@ -187,7 +187,7 @@ fn issue_10_handle_events_serves_the_batch_and_leaves_the_hosts_events() {
         .into_iter()
         .flatten()
         .min();
-        poll.poll(&mut events, timeout).unwrap();
+        poll_turn(&mut poll, &mut events, timeout);
         let now = Instant::now();
         let left = server.handle_events(poll.registry(), &events, now).unwrap();
         let foreign = events.iter().filter(|e| !server.owns(e.token())).count();
@@ -276,7 +276,7 @@ fn the_embed_example_serves_echo_and_its_own_udp() {
     socket.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     socket.send_to(b"hi", udp).unwrap();
     let mut buf = [0u8; 64];
-    let (n, _) = socket.recv_from(&mut buf).unwrap();
+    let (n, _) = recv_some(&socket, &mut buf).unwrap();
     assert_eq!(&buf[..n], b"pong: hi");
     // `quit` on stdin wakes the host, which shuts the server down.
     child.stdin.take().unwrap().write_all(b"quit\n").unwrap();
@@ -286,7 +286,7 @@ fn the_embed_example_serves_echo_and_its_own_udp() {
 }
 
 #[test]
-fn issue_9_the_embed_example_rejects_unknown_options() {
+fn the_embed_example_rejects_bad_arguments_with_exit_2() {
     for args in [
         &["--lisen", "127.0.0.1:0"][..],
         &["--listen"][..],
@@ -295,7 +295,7 @@ fn issue_9_the_embed_example_rejects_unknown_options() {
         let out = Command::new(example_bin("embed"))
             .args(args)
             .stdin(Stdio::null())
-            .output()
+            .output_within()
             .expect("run examples/embed");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
@@ -307,7 +307,7 @@ fn issue_9_the_embed_example_rejects_unknown_options() {
 }
 
 #[test]
-fn issue_9_the_embed_example_shuts_down_gracefully_on_sigterm() {
+fn the_embed_example_shuts_down_gracefully_on_sigterm() {
     // Standard input stays open (piped, never written), so only the signal
     // can end the example.
     let (mut child, tcp, _udp, rx) = start_embed_example();

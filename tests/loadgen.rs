@@ -1,24 +1,61 @@
-//! The load generator (benches/loadgen) against echoloop, and against broken
-//! echo servers it must catch.
+//! The load generator (benches/loadgen): every mode against echoloop (one
+//! loop and two, TCP and UDP) and the tokio peers, against broken echo
+//! servers it must catch, open loop (`--rate`), and its command line.
 
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::Duration;
 
 use common::*;
 
-/// Runs the load generator in this process. Load modes get `--json`: the
-/// progress bar is drawn when stderr is a terminal, which it may be under
-/// `cargo test`, and never with `--json`.
+/// Runs the load generator's binary with `args` (bounded, standard input
+/// closed) and returns its exit code; its output is captured, and shown
+/// with the test's own if the test fails. Load modes get `--json`: the
+/// progress bar is drawn when stderr is a terminal, and never with `--json`.
 fn loadgen(args: &[&str]) -> i32 {
     let load_mode = ["pingpong", "pipelined", "stream", "churn", "hold", "udp"];
     let quiet = args.first().is_some_and(|m| load_mode.contains(m)) && !args.contains(&"--help");
     let json = quiet.then_some("--json");
-    echoloop_loadgen::main_with_args(args.iter().chain(json.iter()).map(|s| s.to_string()))
+    let args: Vec<&str> = args.iter().copied().chain(json).collect();
+    let (code, stdout) = loadgen_process(&args);
+    print!("{stdout}");
+    code
+}
+
+/// Runs the load generator's binary with `args`, which must be a usage
+/// error: exit 2, nothing on stdout, and clap's one `error:` line saying
+/// what is wrong (it contains `says`).
+fn usage_error(args: &[&str], says: &str) {
+    let out = Command::new(loadgen_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output_within()
+        .expect("run the load generator");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+    assert!(out.stdout.is_empty(), "{args:?}: {out:?}");
+    let first = stderr.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with("error: ") && first.contains(says),
+        "{args:?}: expected an error line with {says:?}, got:\n{stderr}"
+    );
+}
+
+/// The load generator's help for `args` (which end in `--help`, or are
+/// `help MODE`): exit 0, the usage on stdout, nothing on stderr.
+fn help_text(args: &[&str]) -> String {
+    let out = Command::new(loadgen_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output_within()
+        .expect("run the load generator");
+    assert_eq!(out.status.code(), Some(0), "{args:?}: {out:?}");
+    assert!(out.stderr.is_empty(), "{args:?}: {out:?}");
+    String::from_utf8(out.stdout).expect("utf-8 help")
 }
 
 /// An echo server on a thread that corrupts one byte in every `every`.
@@ -72,6 +109,43 @@ fn every_mode_runs_clean_against_echoloop() {
     assert_eq!(loadgen(&["once", "--addr", &addr, "hello, echo"]), 0);
 }
 
+/// The load generator's `--threads` (each thread its own loop and share of
+/// the connections, every byte verified, results merged) against both
+/// multi-threaded servers: echoloop with two loops and tokio's
+/// multi_thread peer with two workers.
+#[test]
+fn threads_drive_both_multi_threaded_servers() {
+    let echoloop = Server::start(&["--threads", "2"]);
+    let mut cmd = Command::new(loadgen_bin());
+    cmd.args(["tokio-echo", "--threads", "2", "--listen", "127.0.0.1:0"]);
+    let tokio = Server::spawn(cmd, 1);
+    for addr in [echoloop.addr(), tokio.addr()] {
+        for mode in [
+            &["pingpong", "-c", "50", "-d", "4"][..],
+            &["stream", "-c", "4"],
+        ] {
+            let target = addr.to_string();
+            let args: Vec<&str> = mode
+                .iter()
+                .copied()
+                .chain(["--threads", "2", "--duration", "0.3", "--warmup", "0.1"])
+                .chain(["--addr", &target])
+                .collect();
+            let (code, json) = loadgen_json(&args);
+            assert_eq!(code, 0, "{mode:?} {addr}: {json}");
+            for (name, want) in [("threads", 2), ("errors", 0), ("mismatches", 0)] {
+                assert_eq!(json_number(&json, name), want, "{mode:?} {addr}: {json}");
+            }
+            let conns = if mode[0] == "pingpong" { 50 } else { 4 };
+            assert_eq!(json_number(&json, "conns"), conns, "{json}");
+            assert!(json_number(&json, "msgs") > 0, "no traffic: {json}");
+        }
+    }
+    // The echoloop under test really ran two loops.
+    let log = echoloop.request_stats();
+    assert_eq!(per_loop(&log).map(|l| l.len()), Some(2), "{log}");
+}
+
 #[test]
 fn mismatched_echoes_fail_the_run() {
     let addr = corrupting_server(100_000).to_string();
@@ -93,13 +167,8 @@ fn mismatched_echoes_fail_the_run() {
 
 #[test]
 fn a_server_that_is_not_there_fails_the_smoke_test() {
-    // Bind and drop to find a port nobody listens on.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let (_held, addr) = refused_addr();
+    let addr = addr.to_string();
     assert_eq!(loadgen(&["once", "--addr", &addr, "anyone?"]), 1);
 }
 
@@ -110,25 +179,27 @@ fn final_stat(log: &str, name: &str) -> u64 {
 }
 
 #[test]
-fn issue_9_tokio_echo_is_a_listed_subcommand_with_help() {
-    assert_eq!(loadgen(&["tokio-echo", "--help"]), 0);
-    assert_eq!(loadgen(&["help", "tokio-echo"]), 0);
-    assert_eq!(loadgen(&["tokio-echo", "--listen", "nowhere"]), 2);
-    assert_eq!(loadgen(&["tokio-echo", "--bogus"]), 2);
-    let (code, help) = loadgen_process(&["--help"]);
-    assert_eq!(code, 0);
+fn tokio_echo_is_a_listed_subcommand_with_help() {
+    for args in [&["tokio-echo", "--help"][..], &["help", "tokio-echo"]] {
+        let help = help_text(args);
+        assert!(help.contains("Usage: loadgen tokio-echo"), "{help}");
+        assert!(help.contains("--listen"), "{help}");
+    }
+    usage_error(
+        &["tokio-echo", "--listen", "nowhere"],
+        "'nowhere' is not IP:PORT",
+    );
+    usage_error(&["tokio-echo", "--bogus"], "unexpected argument '--bogus'");
+    let help = help_text(&["--help"]);
     assert!(
         help.lines()
             .any(|l| l.trim_start().starts_with("tokio-echo")),
         "tokio-echo is not listed in --help:\n{help}"
     );
-    let (code, help) = loadgen_process(&["tokio-echo", "--help"]);
-    assert_eq!(code, 0);
-    assert!(help.contains("--listen"), "{help}");
 }
 
 #[test]
-fn issue_9_tokio_echo_on_port_0_says_where_it_listens_and_echoes() {
+fn tokio_echo_on_port_0_says_where_it_listens_and_echoes() {
     let mut cmd = Command::new(loadgen_bin());
     cmd.args(["tokio-echo", "--listen", "127.0.0.1:0"]);
     // Waits for `listening on IP:PORT` and parses the address.
@@ -172,7 +243,7 @@ fn once_prints_exactly_the_echoed_bytes() {
 }
 
 #[test]
-fn issue_9_stream_latency_is_measured_or_not_shown() {
+fn stream_latency_is_measured_or_not_shown() {
     let server = Server::start(&[]);
     let addr = server.addr().to_string();
     let stream = [
@@ -303,7 +374,7 @@ fn hold_counts_only_connections_whose_probe_is_echoed() {
 }
 
 #[test]
-fn issue_9_fin_close_is_an_orderly_close_for_the_server() {
+fn fin_close_is_an_orderly_close_for_the_server() {
     let mut server = Server::start(&[]);
     let addr = server.addr().to_string();
     let short = [
@@ -483,8 +554,11 @@ fn each_mode_lists_only_the_options_that_apply_to_it() {
         }
     }
     // An option of another mode is a usage error.
-    assert_eq!(loadgen(&["udp", "--threads", "2"]), 2);
-    assert_eq!(loadgen(&["churn", "--depth", "2"]), 2);
+    usage_error(
+        &["udp", "--threads", "2"],
+        "unexpected argument '--threads'",
+    );
+    usage_error(&["churn", "--depth", "2"], "unexpected argument '--depth'");
 }
 
 #[test]
@@ -523,6 +597,142 @@ fn json_float(json: &str, name: &str) -> f64 {
     value[name]
         .as_f64()
         .unwrap_or_else(|| panic!("{name} is not a number in {json}"))
+}
+
+// ---------------------------------------------------------------------
+// The `udp` mode and the tokio UDP peer.
+
+#[test]
+fn udp_runs_clean_against_echoloop_and_the_tokio_peer() {
+    let mut cmd = Command::new(server_bin());
+    cmd.args(["--listen", "127.0.0.1:0"]);
+    cmd.args(["--udp", "127.0.0.1:0", "--udp", "[::1]:0"]);
+    // One `listening on` line for TCP, then one per UDP address.
+    let server = Server::spawn(cmd, 3);
+    let udp = &server.addrs[1..];
+    let mut tokio = Command::new(loadgen_bin());
+    tokio.args(["tokio-udp-echo", "--listen", "127.0.0.1:0"]);
+    let tokio = Server::spawn(tokio, 1);
+    let targets = [
+        udp[0].to_string(),
+        udp[1].to_string(),
+        tokio.addr().to_string(),
+    ];
+    for (addr, conns, size) in [
+        (&targets[0], "20", "64"),
+        (&targets[0], "2", "0"),
+        (&targets[0], "2", "65507"),
+        (&targets[1], "4", "65527"),
+        (&targets[2], "20", "64"),
+    ] {
+        let args = [
+            "udp",
+            "--addr",
+            addr,
+            "-c",
+            conns,
+            "-s",
+            size,
+            "--duration",
+            "0.4",
+            "--warmup",
+            "0.1",
+        ];
+        let (code, json) = loadgen_json(&args);
+        assert_eq!(code, 0, "loadgen {args:?}: {json}");
+        assert_eq!(json_number(&json, "mismatches"), 0, "{json}");
+        assert_eq!(json_number(&json, "errors"), 0, "{json}");
+        assert!(json_number(&json, "msgs") > 0, "{json}");
+        assert!(
+            json_number(&json, "sent") >= json_number(&json, "lost"),
+            "{json}"
+        );
+    }
+}
+
+/// A UDP echo peer on a thread that damages its replies: `corrupt` flips a
+/// byte in every 50th datagram; otherwise every 50th reply goes to the
+/// previous datagram's sender instead.
+fn bad_udp_peer(corrupt: bool) -> SocketAddr {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = socket.local_addr().unwrap();
+    thread::spawn(move || {
+        let mut buf = vec![0u8; 65_536];
+        let mut previous = None;
+        for i in 1u64.. {
+            let Ok((n, from)) = socket.recv_from(&mut buf) else {
+                return;
+            };
+            let mut to = from;
+            if i % 50 == 0 {
+                if corrupt {
+                    buf[n / 2] ^= 0x5a;
+                } else if let Some(p) = previous.filter(|p| *p != from) {
+                    to = p;
+                }
+            }
+            previous = Some(from);
+            let _ = socket.send_to(&buf[..n], to);
+        }
+    });
+    addr
+}
+
+#[test]
+fn udp_catches_a_corrupting_or_misdelivering_peer() {
+    for corrupt in [true, false] {
+        let addr = bad_udp_peer(corrupt).to_string();
+        let args = [
+            "udp",
+            "--addr",
+            &addr,
+            "-c",
+            "8",
+            "-s",
+            "64",
+            "--duration",
+            "0.4",
+            "--warmup",
+            "0",
+        ];
+        let (code, json) = loadgen_json(&args);
+        assert_eq!(code, 1, "corrupt={corrupt}: {json}");
+        assert!(json_number(&json, "mismatches") > 0, "{json}");
+    }
+    // Nobody there: nothing echoed is an error, not a clean run.
+    // A socket that never reads: no other can answer on its port.
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let gone = silent.local_addr().unwrap().to_string();
+    let (code, _) = loadgen_json(&[
+        "udp",
+        "--addr",
+        &gone,
+        "-c",
+        "1",
+        "--duration",
+        "0.2",
+        "--timeout",
+        "50",
+    ]);
+    assert_eq!(code, 1);
+}
+
+#[test]
+fn udp_and_the_tokio_udp_peer_have_help_and_refuse_bad_values() {
+    let help = help_text(&["udp", "--help"]);
+    assert!(help.contains("Usage: loadgen udp"), "{help}");
+    let help = help_text(&["tokio-udp-echo", "--help"]);
+    assert!(help.contains("Usage: loadgen tokio-udp-echo"), "{help}");
+    usage_error(
+        &["udp", "-s", "65528"],
+        "'65528' is not a datagram size: give 0 to 65527",
+    );
+    usage_error(&["udp", "-s", "-1"], "'-1'");
+    usage_error(&["udp", "--addr", "nowhere"], "'nowhere' is not IP:PORT");
+    usage_error(
+        &["tokio-udp-echo", "--listen", "nowhere"],
+        "'nowhere' is not IP:PORT",
+    );
 }
 
 // ---------------------------------------------------------------------
@@ -755,9 +965,9 @@ fn an_impossible_rate_is_reported_behind_schedule() {
 
 #[test]
 fn rate_is_refused_where_it_does_not_apply_or_is_not_a_rate() {
-    assert_eq!(loadgen(&["stream", "--rate", "100"]), 2);
-    assert_eq!(loadgen(&["churn", "--rate", "100"]), 2);
-    assert_eq!(loadgen(&["pingpong", "--rate", "0"]), 2);
-    assert_eq!(loadgen(&["pingpong", "--rate", "-5"]), 2);
-    assert_eq!(loadgen(&["udp", "--rate", "fast"]), 2);
+    usage_error(&["stream", "--rate", "100"], "unexpected argument '--rate'");
+    usage_error(&["churn", "--rate", "100"], "unexpected argument '--rate'");
+    usage_error(&["pingpong", "--rate", "0"], "'0' is not a rate");
+    usage_error(&["pingpong", "--rate", "-5"], "'-5'");
+    usage_error(&["udp", "--rate", "fast"], "'fast' is not a rate");
 }

@@ -90,7 +90,7 @@ pub(crate) fn cells() -> Vec<Cell> {
             false,
         ),
     ];
-    // UDP echo (issue 12): 100 sockets, one 64 B datagram in flight each,
+    // UDP echo: 100 sockets, one 64 B datagram in flight each,
     // against the tokio peer's `UdpSocket` loop on current_thread.
     cells.push(Cell {
         udp: true,

@@ -65,8 +65,13 @@ fn cargo_built(what: &[&str]) -> PathBuf {
         if release {
             cmd.arg("--release");
         }
-        let status = cmd.status().expect("run cargo build");
-        assert!(status.success(), "cargo build {key} failed");
+        // Captured: nothing of it shows among passing tests.
+        let out = cmd.output().expect("run cargo build");
+        assert!(
+            out.status.success(),
+            "cargo build {key} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         built.push(key);
     }
     dir
@@ -142,7 +147,7 @@ impl Server {
                 .unwrap_or_else(|_| {
                     panic!("no 'listening on' line; stderr: {}", stderr.lock().unwrap())
                 });
-            // `listening on udp IP:PORT` lines (issue 12) follow the TCP ones.
+            // `listening on udp IP:PORT` lines follow the TCP ones.
             let addr = line
                 .strip_prefix("listening on ")
                 .map(|a| a.strip_prefix("udp ").unwrap_or(a))
@@ -320,7 +325,7 @@ pub fn read_verified(mut stream: &TcpStream, seed: u64, total: usize) -> usize {
     let mut received = 0;
     while received < total {
         let want = buf.len().min(total - received);
-        let n = stream.read(&mut buf[..want]).expect("read echo");
+        let n = read_some(&mut stream, &mut buf[..want]).expect("read echo");
         assert!(n > 0, "EOF after {received} of {total} bytes");
         pattern.fill(&mut expected[..n]);
         if buf[..n] != expected[..n] {
@@ -344,7 +349,7 @@ pub fn ping(stream: &mut TcpStream, msg: &[u8]) {
 /// false if data arrived or the read timed out.
 pub fn sees_close(stream: &mut TcpStream) -> bool {
     let mut buf = [0u8; 16];
-    match stream.read(&mut buf) {
+    match read_some(stream, &mut buf) {
         Ok(0) => true,
         Ok(_) => false,
         Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
@@ -383,11 +388,7 @@ pub fn host_turn(
     events: &mut mio::Events,
     timeout: Duration,
 ) {
-    match poll.poll(events, Some(timeout)) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => events.clear(),
-        Err(e) => panic!("poll: {e}"),
-    }
+    poll_turn(poll, events, Some(timeout));
     let now = Instant::now();
     server.handle_events(poll.registry(), events, now).unwrap();
     server.handle_timeout(poll.registry(), now).unwrap();
@@ -457,6 +458,132 @@ pub fn log_field(log: &str, prefix: &str, key: &str) -> Option<u64> {
     let line = log.lines().rev().find(|l| l.contains(prefix))?;
     let at = line.find(&format!(" {key}="))? + key.len() + 2;
     line[at..].split(' ').next()?.parse().ok()
+}
+
+// Reads that an interruption does not end.
+
+/// `read`, again if interrupted. A read on a socket with a timeout fails
+/// with `Interrupted` when this process is stopped and continued (a
+/// debugger, a cgroup freezer), even with no signal handler installed; that
+/// is no answer from the peer.
+pub fn read_some(stream: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        match stream.read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
+/// `poll` for a host loop's turn: an interrupted poll (a signal, a stop and
+/// continue) is a turn with no events.
+pub fn poll_turn(poll: &mut mio::Poll, events: &mut mio::Events, timeout: Option<Duration>) {
+    match poll.poll(events, timeout) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => events.clear(),
+        Err(e) => panic!("poll: {e}"),
+    }
+}
+
+/// `recv_from`, again if interrupted (see [`read_some`]).
+pub fn recv_some(
+    socket: &std::net::UdpSocket,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, SocketAddr)> {
+    loop {
+        match socket.recv_from(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
+// Ports and sockets, as the kernel has them.
+
+/// A loopback address where no one listens, and no one can while the
+/// returned socket lives: it holds the port (bound, never listening, without
+/// SO_REUSEADDR), so a connect there is refused. A port found by binding
+/// and dropping a listener may be taken by another test before it is used.
+pub fn refused_addr() -> (socket2::Socket, SocketAddr) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+        .expect("a TCP socket");
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    socket.bind(&any.into()).expect("bind a port");
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    (socket, addr)
+}
+
+/// The descriptors of process `pid` that are TCP sockets listening on
+/// `port` (IPv4 or IPv6).
+pub fn listening_fds(pid: i32, port: u16) -> std::io::Result<Vec<i32>> {
+    socket_fds(pid, &["tcp", "tcp6"], port, Some("0A"))
+}
+
+/// The descriptors of process `pid` that are sockets on local `port` in
+/// the /proc/net `tables` of its network namespace ("tcp", "tcp6", "udp",
+/// "udp6"), in `state` if given (as /proc shows it: "0A" is listening),
+/// matched by inode with its open descriptors. Asking /proc what a process
+/// holds is exact where a connect or a datagram to a freed port could reach
+/// whoever binds it next. Err if /proc cannot be read (the process is gone).
+pub fn socket_fds(
+    pid: i32,
+    tables: &[&str],
+    port: u16,
+    state: Option<&str>,
+) -> std::io::Result<Vec<i32>> {
+    let suffix = format!(":{port:04X}");
+    let mut inodes = Vec::new();
+    for table in tables {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}"))?;
+        inodes.extend(
+            text.lines()
+                .skip(1)
+                .map(|l| l.split_whitespace().collect::<Vec<_>>())
+                .filter(|f| f.len() > 9 && f[1].ends_with(&suffix))
+                .filter(|f| state.is_none_or(|state| f[3] == state))
+                .map(|f| f[9].to_string()),
+        );
+    }
+    let mut fds = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))?.flatten() {
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue; // closed meanwhile
+        };
+        let inode = target
+            .to_str()
+            .and_then(|t| t.strip_prefix("socket:[")?.strip_suffix(']'));
+        if inode.is_some_and(|inode| inodes.iter().any(|i| i == inode)) {
+            if let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse().ok()) {
+                fds.push(fd);
+            }
+        }
+    }
+    Ok(fds)
+}
+
+// Counters, as tests of several topics read them.
+
+impl Server {
+    /// The server's counters now: sends SIGUSR1 and returns the `stats:`
+    /// line it logs in answer (waiting up to 10 s for it).
+    pub fn stats_line(&self) -> String {
+        let log = self.request_stats();
+        let line = log.lines().rev().find(|l| l.contains("stats:"));
+        line.unwrap_or_default().to_string()
+    }
+}
+
+/// `name`'s value in the `stats:` line `line`; panics if it has none.
+pub fn stat(line: &str, name: &str) -> u64 {
+    log_field(line, "stats:", name).unwrap_or_else(|| panic!("no {name} in {line:?}"))
+}
+
+/// Each loop's active connections from the last `stats:` line in `log`
+/// (`active_per_loop=[A,B]`, logged when the server runs several loops).
+pub fn per_loop(log: &str) -> Option<Vec<u64>> {
+    let line = log.lines().rev().find(|l| l.contains("stats:"))?;
+    let list = line.split("active_per_loop=[").nth(1)?.split(']').next()?;
+    list.split(',').map(|n| n.parse().ok()).collect()
 }
 
 /// Runs echoloop with `args`, expecting exit 1, nothing on stdout and
@@ -546,8 +673,7 @@ pub fn udp_round_trip(
 ) -> usize {
     let sent = c.send_to(msg, server).expect("send datagram");
     assert_eq!(sent, msg.len());
-    let (n, from) = c
-        .recv_from(buf)
+    let (n, from) = recv_some(c, buf)
         .unwrap_or_else(|e| panic!("no echo of a {}-byte datagram: {e}", msg.len()));
     assert_eq!(from, server, "reply from the wrong address");
     n

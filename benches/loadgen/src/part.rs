@@ -107,8 +107,14 @@ impl Part {
                     format!("only {connected} of {} connections opened", self.plan.conns),
                 ));
             }
-            self.poll
-                .poll(&mut self.events, Some(Duration::from_millis(100)))?;
+            // Interrupted (a signal, a stop and continue): look again.
+            match self
+                .poll
+                .poll(&mut self.events, Some(Duration::from_millis(100)))
+            {
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                other => other?,
+            }
             for event in self.events.iter() {
                 let key = event.token().0;
                 let Some(client) = self.clients.get_mut(key) else {

@@ -87,7 +87,12 @@ impl Part {
             } else {
                 Duration::ZERO
             };
-            self.poll.poll(&mut self.events, Some(wait))?;
+            // Interrupted (a signal, a stop and continue): a turn with no
+            // events, which left the events empty.
+            match self.poll.poll(&mut self.events, Some(wait)) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                other => other?,
+            }
             let now = Instant::now();
             turn.clear();
             turn.extend(

@@ -177,7 +177,12 @@ pub fn run(plan: &UdpPlan) -> io::Result<Report> {
             None => false,
         };
         let wait = if due_now { Duration::ZERO } else { tick };
-        poll.poll(&mut events, Some(wait))?;
+        // Interrupted (a signal, a stop and continue): a turn with no
+        // events, which left the events empty.
+        match poll.poll(&mut events, Some(wait)) {
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            other => other?,
+        }
         now = Instant::now();
         let before = run.c.total_echoed;
         for event in events.iter() {

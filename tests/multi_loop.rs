@@ -1,27 +1,20 @@
-//! Issue 11: `--threads N` runs N shared-nothing loops behind one port per
-//! address. Black-box over loopback: the spread, the exact global
-//! connection limit, shutdown of every loop, the second signal, port 0 with
-//! both families, the summed counters and the command line.
+//! `--threads N` runs N shared-nothing loops behind one port per address.
+//! Black-box over loopback: the spread, shutdown of every loop, the second
+//! signal, a failed listener, port 0 with both families, `--threads auto`
+//! and the summed counters. (The exact connection limit over several loops
+//! is in limits.rs, the command line's errors in cli.rs.)
 #![cfg(target_os = "linux")]
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::Command;
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-/// Each loop's active connections from the last `stats:` line.
-fn per_loop(log: &str) -> Option<Vec<u64>> {
-    let line = log.lines().rev().find(|l| l.contains("stats:"))?;
-    let list = line.split("active_per_loop=[").nth(1)?.split(']').next()?;
-    list.split(',').map(|n| n.parse().ok()).collect()
-}
 
 /// Polls the stats until `done` holds for the log (bounded).
 fn stats_until(server: &Server, done: impl Fn(&str) -> bool) -> String {
@@ -36,7 +29,7 @@ fn stats_until(server: &Server, done: impl Fn(&str) -> bool) -> String {
 }
 
 #[test]
-fn issue_11_two_loops_serve_many_connections_and_both_hold_some() {
+fn two_loops_serve_many_connections_and_both_hold_some() {
     let server = Server::start(&["--threads", "2"]);
     let mut clients: Vec<TcpStream> = (0..200).map(|_| connect(server.addr())).collect();
     for (i, c) in clients.iter_mut().enumerate() {
@@ -60,49 +53,7 @@ fn issue_11_two_loops_serve_many_connections_and_both_hold_some() {
 }
 
 #[test]
-fn issue_11_max_connections_is_exact_over_two_loops() {
-    let server = Server::start(&["--threads", "2", "--max-connections", "8"]);
-    let mut served: Vec<TcpStream> = (0..8).map(|_| connect(server.addr())).collect();
-    for c in &mut served {
-        ping(c, b"in");
-    }
-    // Every extra connection, whichever loop the kernel hands it to, is
-    // closed at once.
-    for _ in 0..3 {
-        for _ in 0..8 {
-            let mut extra = connect(server.addr());
-            let _ = extra.write_all(b"x");
-            assert!(sees_close(&mut extra), "a 9th connection was served");
-        }
-        // One leaves; its slot is free again for a newcomer on either loop.
-        served.pop();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let newcomer = loop {
-            let mut c = connect(server.addr());
-            if c.write_all(b"new").is_ok() {
-                let mut back = [0u8; 3];
-                if c.read_exact(&mut back).is_ok() {
-                    break c;
-                }
-            }
-            assert!(Instant::now() < deadline, "a freed slot was never reused");
-            thread::sleep(Duration::from_millis(10));
-        };
-        served.push(newcomer);
-    }
-    for c in &mut served {
-        ping(c, b"still");
-    }
-    let log = server.request_stats();
-    assert_eq!(log_field(&log, "stats:", "active"), Some(8), "{log}");
-    assert!(
-        log_field(&log, "stats:", "rejected").unwrap() >= 24,
-        "extras not counted: {log}"
-    );
-}
-
-#[test]
-fn issue_11_shutdown_drains_every_loop_then_fin_and_exit_0() {
+fn shutdown_drains_every_loop_then_fin_and_exit_0() {
     const CLIENTS: usize = 8;
     const TOTAL: usize = 4 << 20; // far more than the kernel's buffers
     for round in 0..2 {
@@ -157,7 +108,7 @@ fn issue_11_shutdown_drains_every_loop_then_fin_and_exit_0() {
                     let mut reader = &stream;
                     while received < TOTAL {
                         let want = buf.len().min(TOTAL - received);
-                        let n = reader.read(&mut buf[..want]).expect("read echo");
+                        let n = read_some(&mut reader, &mut buf[..want]).expect("read echo");
                         assert!(n > 0, "EOF after {received} of {TOTAL} bytes");
                         rest.fill(&mut expected[..n]);
                         assert!(buf[..n] == expected[..n], "mismatch near {received}");
@@ -167,7 +118,7 @@ fn issue_11_shutdown_drains_every_loop_then_fin_and_exit_0() {
                     finish_sending(&stream);
                     // Every byte came back: now an orderly FIN, not a reset.
                     let mut tail = [0u8; 16];
-                    match reader.read(&mut tail) {
+                    match read_some(&mut reader, &mut tail) {
                         Ok(0) => {}
                         other => panic!("expected FIN after the echo, got {other:?}"),
                     }
@@ -189,7 +140,7 @@ fn issue_11_shutdown_drains_every_loop_then_fin_and_exit_0() {
         for c in &mut idle {
             finish_sending(c);
             let mut buf = [0u8; 8];
-            match c.read(&mut buf) {
+            match read_some(c, &mut buf) {
                 Ok(0) => {}
                 other => panic!("expected FIN on an idle connection, got {other:?}"),
             }
@@ -217,7 +168,7 @@ fn issue_11_shutdown_drains_every_loop_then_fin_and_exit_0() {
 }
 
 #[test]
-fn issue_11_a_second_signal_closes_every_loop_at_once() {
+fn a_second_signal_closes_every_loop_at_once() {
     let mut server = Server::start(&["--threads", "2", "--shutdown-timeout", "60"]);
     let mut clients: Vec<TcpStream> = (0..40).map(|_| connect(server.addr())).collect();
     for c in &mut clients {
@@ -231,11 +182,10 @@ fn issue_11_a_second_signal_closes_every_loop_at_once() {
     // them up to the 60 s deadline.
     server.signal(libc::SIGTERM);
     assert!(server.log_contains("shutting down"));
-    thread::sleep(Duration::from_millis(400));
-    assert!(
-        server.wait_for_exit(Duration::ZERO).is_none(),
-        "exited early"
-    );
+    // Still serving every one of them after the first signal.
+    for c in &mut clients {
+        ping(c, b"still here");
+    }
     server.signal(libc::SIGTERM);
     let status = server
         .wait_for_exit(Duration::from_secs(10))
@@ -253,7 +203,7 @@ fn issue_11_a_second_signal_closes_every_loop_at_once() {
 }
 
 #[test]
-fn issue_11_port_zero_works_with_several_loops_and_both_families() {
+fn port_zero_works_with_several_loops_and_both_families() {
     let ipv6 = TcpListener::bind("[::1]:0").is_ok();
     let mut args = vec!["--threads", "3", "--listen", "127.0.0.1:0"];
     if ipv6 {
@@ -279,7 +229,7 @@ fn issue_11_port_zero_works_with_several_loops_and_both_families() {
 }
 
 #[test]
-fn issue_11_the_counters_add_up_over_the_loops() {
+fn the_counters_add_up_over_the_loops() {
     let mut server = Server::start(&["--threads", "2", "--stats-interval", "0.2"]);
     let mut expected_bytes = 0u64;
     for i in 0..50usize {
@@ -334,7 +284,7 @@ fn issue_11_the_counters_add_up_over_the_loops() {
 }
 
 #[test]
-fn issue_11_threads_0_and_auto_use_the_available_cores() {
+fn threads_0_and_auto_use_the_available_cores() {
     let cores = thread::available_parallelism().map_or(1, |n| n.get());
     for value in ["0", "auto"] {
         let mut server = Server::start(&["--threads", value]);
@@ -353,101 +303,13 @@ fn issue_11_threads_0_and_auto_use_the_available_cores() {
     }
 }
 
-#[test]
-fn issue_11_bad_thread_counts_are_usage_errors() {
-    for value in ["-1", "1025", "abc", "", "1.5", "99999999999999999999999"] {
-        let out = Command::new(server_bin())
-            .args(["--threads", value, "--listen", "127.0.0.1:0"])
-            .output_within()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{value:?}: {stderr}");
-        assert!(stderr.contains("--threads"), "{value:?}: {stderr}");
-        assert!(!stderr.contains("panicked"), "{value:?}: {stderr}");
-        assert!(out.stdout.is_empty(), "{value:?} printed a listening line");
-    }
-}
-
-/// Runs echoloop with `args`, expecting exit 1, nothing on stdout and one
-/// error line naming `addr`.
-fn fails_with_one_line(args: &[&str], addr: SocketAddr) {
-    let error = exits_1_with_one_error_line(args);
-    assert!(
-        error.starts_with(&format!("echoloop: error: cannot listen on {addr}: ")),
-        "{error}"
-    );
-}
-
-#[test]
-fn issue_11_a_port_in_use_is_one_clear_error_line_with_two_loops() {
-    // Taken by a plain listener.
-    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = taken.local_addr().unwrap();
-    fails_with_one_line(&["--threads", "2", "--listen", &addr.to_string()], addr);
-    // Taken by another echoloop with two loops (whose sockets have
-    // SO_REUSEPORT): it must not silently share the port with us.
-    let first = Server::start(&["--threads", "2"]);
-    let addr = first.addr();
-    for threads in ["2", "1"] {
-        fails_with_one_line(&["--threads", threads, "--listen", &addr.to_string()], addr);
-    }
-    // The second address of several: still nothing printed.
-    let free: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let out = Command::new(server_bin())
-        .args(["--threads", "2", "--listen", &free.to_string()])
-        .args(["--listen", &addr.to_string()])
-        .output_within()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(out.stdout.is_empty());
-    // The first server was not disturbed.
-    let mut c = connect(addr);
-    ping(&mut c, b"still mine");
-}
-
-/// The load generator's `--threads` (each thread its own loop and share of
-/// the connections, every byte verified, results merged) against both
-/// multi-threaded servers: echoloop with two loops and tokio's
-/// multi_thread peer with two workers.
-#[test]
-fn issue_11_loadgen_threads_drive_both_multi_threaded_servers() {
-    let echoloop = Server::start(&["--threads", "2"]);
-    let mut cmd = Command::new(loadgen_bin());
-    cmd.args(["tokio-echo", "--threads", "2", "--listen", "127.0.0.1:0"]);
-    let tokio = Server::spawn(cmd, 1);
-    for addr in [echoloop.addr(), tokio.addr()] {
-        for mode in [
-            &["pingpong", "-c", "50", "-d", "4"][..],
-            &["stream", "-c", "4"],
-        ] {
-            let target = addr.to_string();
-            let args: Vec<&str> = mode
-                .iter()
-                .copied()
-                .chain(["--threads", "2", "--duration", "0.3", "--warmup", "0.1"])
-                .chain(["--addr", &target])
-                .collect();
-            let (code, json) = loadgen_json(&args);
-            assert_eq!(code, 0, "{mode:?} {addr}: {json}");
-            for (name, want) in [("threads", 2), ("errors", 0), ("mismatches", 0)] {
-                assert_eq!(json_number(&json, name), want, "{mode:?} {addr}: {json}");
-            }
-            let conns = if mode[0] == "pingpong" { 50 } else { 4 };
-            assert_eq!(json_number(&json, "conns"), conns, "{json}");
-            assert!(json_number(&json, "msgs") > 0, "no traffic: {json}");
-        }
-    }
-    let log = echoloop.request_stats();
-    assert!(per_loop(&log).is_some(), "{log}");
-}
-
 /// Reads to EOF, checking every byte against `seed`'s pattern; the count.
 fn read_until_eof_verified(mut stream: &TcpStream, seed: u64) -> usize {
     let mut pattern = Pattern::new(seed);
     let (mut buf, mut expected) = (vec![0u8; 65536], vec![0u8; 65536]);
     let mut received = 0;
     loop {
-        let n = stream.read(&mut buf).expect("read echo");
+        let n = read_some(&mut stream, &mut buf).expect("read echo");
         if n == 0 {
             return received;
         }
@@ -463,28 +325,9 @@ fn read_until_eof_verified(mut stream: &TcpStream, seed: u64) -> usize {
 /// shuts it down for reading, so the loop that owns it gets `EINVAL` from
 /// `accept`. Err (with the reason) where the kernel or rights do not allow.
 fn break_a_listener(pid: i32, port: u16) -> Result<(), String> {
-    // Listening sockets (state 0A) on `port`, by inode, from the server's
-    // own view of the TCP table.
-    let table =
-        std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).map_err(|e| e.to_string())?;
-    let suffix = format!(":{port:04X}");
-    let inodes: Vec<String> = table
-        .lines()
-        .skip(1)
-        .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .filter(|f| f.len() > 9 && f[1].ends_with(&suffix) && f[3] == "0A")
-        .map(|f| f[9].to_string())
-        .collect();
-    let fd = std::fs::read_dir(format!("/proc/{pid}/fd"))
+    let fd = *listening_fds(pid, port)
         .map_err(|e| e.to_string())?
-        .flatten()
-        .find_map(|entry| {
-            let target = std::fs::read_link(entry.path()).ok()?;
-            let target = target.to_str()?;
-            let inode = target.strip_prefix("socket:[")?.strip_suffix(']')?;
-            inodes.iter().any(|i| i == inode).then(|| entry.file_name())
-        })
-        .and_then(|name| name.to_str()?.parse::<i32>().ok())
+        .first()
         .ok_or("no listening socket found")?;
     // SAFETY: plain syscalls on descriptors we own or name by number; the
     // duplicate is closed before returning.
@@ -510,8 +353,10 @@ fn break_a_listener(pid: i32, port: u16) -> Result<(), String> {
 }
 
 #[test]
-fn issue_11_a_failed_listener_shuts_every_loop_down_and_exits_1() {
-    let mut server = Server::start(&["--threads", "2", "--shutdown-timeout", "10"]);
+fn a_failed_listener_shuts_every_loop_down_and_exits_1() {
+    // The deadline is far: every client here closes, so none may be reset,
+    // however slow the machine.
+    let mut server = Server::start(&["--threads", "2", "--shutdown-timeout", "60"]);
     let addr = server.addr();
     // Transfers larger than the kernel's buffers are under way on both
     // loops when one loop's listener fails: each must still be echoed in
