@@ -71,15 +71,7 @@ pub fn run(
     let mut stats_timer = StatsTimer::new(args.stats_interval, Instant::now());
     let mut trimmed_at = 0;
     loop {
-        let before = Instant::now();
-        let also = [
-            stats_timer.due_in(before),
-            notifier.watchdog_due_in(before),
-            metrics.as_ref().and_then(|m| m.due_in(before)),
-        ]
-        .into_iter()
-        .flatten()
-        .min();
+        let also = own_timers_due_in(&stats_timer, &notifier, metrics.as_ref());
         let now = turn(
             &mut poll,
             &mut events,
@@ -284,6 +276,24 @@ pub fn bind_metrics(
     let mut metrics = Metrics::bind(addr).map_err(error)?;
     metrics.register(registry, base).map_err(error)?;
     Ok(Some(metrics))
+}
+
+/// How long a host may sleep before its own timers want it: the stats
+/// line, the watchdog and the metrics guest's deadlines.
+pub fn own_timers_due_in(
+    stats_timer: &StatsTimer,
+    notifier: &Notifier,
+    metrics: Option<&Metrics>,
+) -> Option<Duration> {
+    let now = Instant::now();
+    [
+        stats_timer.due_in(now),
+        notifier.watchdog_due_in(now),
+        metrics.and_then(|m| m.due_in(now)),
+    ]
+    .into_iter()
+    .flatten()
+    .min()
 }
 
 /// `metrics on http://IP:PORT/metrics` on stderr, after the `listening on`

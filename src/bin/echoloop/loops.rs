@@ -208,15 +208,7 @@ fn supervise(
     let mut failure: Option<String> = None;
     let mut survey = Survey::default();
     while handles.iter().any(|h| h.last.is_none()) {
-        let before = Instant::now();
-        let timeout = [
-            stats_timer.due_in(before),
-            notifier.watchdog_due_in(before),
-            metrics.as_ref().and_then(|m| m.due_in(before)),
-        ]
-        .into_iter()
-        .flatten()
-        .min();
+        let timeout = host::own_timers_due_in(&stats_timer, &notifier, metrics.as_ref());
         if let Err(err) = poll.poll(&mut events, timeout) {
             if err.kind() == std::io::ErrorKind::Interrupted {
                 continue;
