@@ -468,23 +468,27 @@ fn loadgen_under_ulimit(ulimit: &str, args: &[&str]) -> (i32, String, String) {
     (code, text(&out.stdout), text(&out.stderr))
 }
 
-#[test]
-fn raises_its_open_files_soft_limit_to_the_hard_limit() {
-    let server = Server::start(&[]);
-    let addr = server.addr().to_string();
-    // 200 connections under a soft limit of 64 (the hard limit is left).
-    let hold = [
+/// `hold` of 200 connections on `addr`, let go at once.
+fn hold_200(addr: &str) -> [&str; 9] {
+    [
         "hold",
         "--addr",
-        &addr,
+        addr,
         "-c",
         "200",
         "--idle",
         "0",
         "--duration",
         "0.1",
-    ];
-    let (code, stdout, stderr) = loadgen_under_ulimit("ulimit -S -n 64", &hold);
+    ]
+}
+
+#[test]
+fn raises_its_open_files_soft_limit_to_the_hard_limit() {
+    let server = Server::start(&[]);
+    let addr = server.addr().to_string();
+    // 200 connections under a soft limit of 64 (the hard limit is left).
+    let (code, stdout, stderr) = loadgen_under_ulimit("ulimit -S -n 64", &hold_200(&addr));
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert_eq!(held_line(&stdout), Some(200), "{stdout}");
 }
@@ -493,19 +497,8 @@ fn raises_its_open_files_soft_limit_to_the_hard_limit() {
 fn running_out_of_descriptors_says_so_with_a_ulimit_hint() {
     let server = Server::start(&[]);
     let addr = server.addr().to_string();
-    let hold = [
-        "hold",
-        "--addr",
-        &addr,
-        "-c",
-        "200",
-        "--idle",
-        "0",
-        "--duration",
-        "0.1",
-    ];
     // Soft and hard limit 64: nothing to raise.
-    let (code, stdout, stderr) = loadgen_under_ulimit("ulimit -n 64", &hold);
+    let (code, stdout, stderr) = loadgen_under_ulimit("ulimit -n 64", &hold_200(&addr));
     assert_eq!(code, 1, "{stdout}{stderr}");
     assert!(stderr.contains("out of file descriptors"), "{stderr}");
     assert!(stderr.contains("ulimit -n"), "{stderr}");

@@ -117,29 +117,11 @@ impl Server {
             .stderr(Stdio::piped())
             .stdin(Stdio::null());
         let mut child = cmd.spawn().expect("start server");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let sink = stderr.clone();
-        let pipe = child.stderr.take().expect("stderr");
-        let (done_tx, stderr_done) = mpsc::channel::<()>();
-        thread::spawn(move || {
-            let _done = done_tx; // dropped at the end of the pipe
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
+        let Readers {
+            stdout: rx,
+            stderr,
+            stderr_done,
+        } = read_output(&mut child);
         let mut addrs = Vec::new();
         while addrs.len() < listeners {
             let line = rx
