@@ -3,8 +3,10 @@
 
 use std::collections::BTreeMap;
 
+use echoloop_loadgen::median;
+
 use crate::output::{self, Point};
-use crate::{load, median, start, Load, Options, Setup};
+use crate::{load, start, Load, Options, Setup};
 
 /// Measures the curve for every connection count and writes the results.
 pub(crate) fn run(opts: &Options) -> Result<(), String> {

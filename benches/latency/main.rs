@@ -299,18 +299,3 @@ pub(crate) fn hold(addr: SocketAddr, n: usize) -> Result<(Child, usize), String>
     let _ = child.wait();
     Err("hold ended before holding".to_string())
 }
-
-/// The median of the finite values; NaN if there are none.
-pub(crate) fn median(mut values: Vec<f64>) -> f64 {
-    values.retain(|v| v.is_finite());
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    values.sort_by(f64::total_cmp);
-    let mid = values.len() / 2;
-    if values.len() % 2 == 1 {
-        values[mid]
-    } else {
-        (values[mid - 1] + values[mid]) / 2.0
-    }
-}

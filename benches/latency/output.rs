@@ -4,7 +4,9 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::{median, Load, Options};
+use echoloop_loadgen::median;
+
+use crate::{Load, Options};
 
 /// One cell: medians over its trials.
 #[derive(Debug, Clone)]

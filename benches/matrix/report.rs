@@ -7,20 +7,7 @@ use std::time::Duration;
 use crate::cells::Cell;
 use crate::measure::Sample;
 use crate::server::{Peer, LOAD_CORE, SERVER_CORE};
-
-pub(crate) fn median(mut values: Vec<f64>) -> f64 {
-    values.retain(|v| v.is_finite());
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    values.sort_by(f64::total_cmp);
-    let mid = values.len() / 2;
-    if values.len() % 2 == 1 {
-        values[mid]
-    } else {
-        (values[mid - 1] + values[mid]) / 2.0
-    }
-}
+use echoloop_loadgen::median;
 
 /// One server's medians in one cell.
 struct PeerMedians {

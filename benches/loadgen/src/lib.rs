@@ -59,6 +59,22 @@ use report::Report;
 /// Runs the command line `args` (without the program name) and returns the
 /// process exit code: 0 on a clean run, 1 on errors or mismatches, 2 on a
 /// usage error. `tokio-echo` returns only if the server fails.
+/// The median of the finite values; NaN if there are none. For the benches
+/// that report medians of several runs (`benches/matrix`, `benches/latency`).
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.retain(|v| v.is_finite());
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
+}
+
 pub fn main_with_args<I: IntoIterator<Item = String>>(args: I) -> i32 {
     let cli = match Cli::try_parse_from(std::iter::once("loadgen".to_string()).chain(args)) {
         Ok(cli) => cli,
