@@ -130,6 +130,10 @@ pub fn main_with_args<I: IntoIterator<Item = String>>(args: I) -> i32 {
 
 /// Runs a load mode; returns whether the report is JSON, and the report.
 fn run_load(mode: ModeArgs) -> (bool, io::Result<Report>) {
+    let kind = match mode {
+        ModeArgs::Pipelined { .. } => Kind::Pipelined,
+        _ => Kind::PingPong,
+    };
     match mode {
         ModeArgs::Udp {
             target,
@@ -153,6 +157,8 @@ fn run_load(mode: ModeArgs) -> (bool, io::Result<Report>) {
             plan.meter = progress.meter();
             (timing.json, udp::run(&plan))
         }
+        // The same plan for both; they differ in how a connection paces
+        // its messages (`Kind`).
         ModeArgs::Pingpong {
             target,
             conns,
@@ -161,13 +167,8 @@ fn run_load(mode: ModeArgs) -> (bool, io::Result<Report>) {
             open_loop,
             timing,
             connections,
-        } => {
-            let mut plan = Plan::new(Kind::PingPong, &target, &timing, &connections);
-            plan = plan.sized(conns, size, depth.max(1));
-            plan.rate = open_loop.rate;
-            (timing.json, run_with_progress(plan, timing.json))
         }
-        ModeArgs::Pipelined {
+        | ModeArgs::Pipelined {
             target,
             conns,
             size,
@@ -176,7 +177,7 @@ fn run_load(mode: ModeArgs) -> (bool, io::Result<Report>) {
             timing,
             connections,
         } => {
-            let mut plan = Plan::new(Kind::Pipelined, &target, &timing, &connections);
+            let mut plan = Plan::new(kind, &target, &timing, &connections);
             plan = plan.sized(conns, size, depth.max(1));
             plan.rate = open_loop.rate;
             (timing.json, run_with_progress(plan, timing.json))
